@@ -1,0 +1,3 @@
+"""OpenAI API gateway for teams."""
+
+__version__ = "0.1.0"

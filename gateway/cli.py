@@ -1,0 +1,251 @@
+"""Command line: ``gateway serve | token | check-config | config-schema | mock-upstream``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.auth import mint_token
+from gateway.config import ConfigError, GatewayConfig, config_json_schema, load_config
+from gateway.log import configure_logging
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+log = logging.getLogger("gateway")
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration like 30s, 15m, 1h or 7d: {text!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _config_path(value: str | None) -> str:
+    return value or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG
+
+
+def _load_or_exit(path: str, env: dict[str, str] | None = None) -> GatewayConfig:
+    try:
+        return load_config(path, env=env)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: OK ({len(config.teams)} teams)")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _load_or_exit(_config_path(args.config))
+    if args.team not in config.teams:
+        print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
+        return 1
+    if config.auth.hs_secret is None:
+        print("error: auth.hs_secret is not set; tokens come from your IdP", file=sys.stderr)
+        return 1
+    algorithm = next((a for a in config.auth.algorithms if a.startswith("HS")), "HS256")
+    audience = config.auth.audience
+    print(
+        mint_token(
+            config.auth.hs_secret.get_secret_value(),
+            args.team,
+            ttl_seconds=args.ttl,
+            algorithm=algorithm,
+            team_claim=config.auth.team_claim,
+            issuer=config.auth.issuer,
+            audience=audience[0] if isinstance(audience, list) else audience,
+        )
+    )
+    return 0
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from gateway.mock_upstream import run_mock_upstream
+
+    configure_logging("INFO")
+    run_mock_upstream(args.host, args.port, args.api_key or None)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(_config_path(args.config), args.mock_upstream))
+    return 0
+
+
+async def _serve(config_path: str, with_mock: bool) -> None:
+    from gateway.app import create_app
+
+    runners: list[web.AppRunner] = []
+    env = dict(os.environ)
+    if with_mock:
+        from gateway.mock_upstream import start_mock_upstream
+
+        mock_key = "sk-mock-" + secrets.token_hex(8)
+        mock = await start_mock_upstream(host="127.0.0.1", port=0, api_key=mock_key)
+        env["OPENAI_BASE_URL"] = mock.url
+        env["OPENAI_API_KEY"] = mock_key
+    config = _load_or_exit(config_path, env)
+    configure_logging(config.logging.level)
+    if not config.upstream.api_key.get_secret_value():
+        log.error("upstream.api_key is empty: set OPENAI_API_KEY or use --mock-upstream")
+        raise SystemExit(1)
+
+    app = create_app(config)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=config.server.shutdown_grace_seconds
+    )
+    await runner.setup()
+    runners.append(runner)
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    log.info(
+        "gateway started",
+        extra={
+            "version": __version__,
+            "listen": f"{config.server.host}:{config.server.port}",
+            "upstream": str(config.upstream.base_url),
+            "mock_upstream": with_mock,
+            "teams": len(config.teams),
+        },
+    )
+    _print_banner(config, with_mock)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway stopping")
+    for r in reversed(runners):
+        await r.cleanup()
+    if with_mock:
+        await mock.close()
+    log.info("gateway stopped")
+
+
+def _print_banner(config: GatewayConfig, with_mock: bool) -> None:
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
+    base = f"http://{host}:{config.server.port}/v1"
+    team = next((name for name, t in config.teams.items() if t.enabled), None)
+    lines = [
+        "",
+        f"  OpenAI gateway listening on {base}"
+        + ("  (offline mock upstream: no OPENAI_API_KEY set)" if with_mock else ""),
+    ]
+    if team and config.auth.hs_secret is not None:
+        token = mint_token(
+            config.auth.hs_secret.get_secret_value(),
+            team,
+            ttl_seconds=86400,
+            algorithm=next((a for a in config.auth.algorithms if a.startswith("HS")), "HS256"),
+            team_claim=config.auth.team_claim,
+            issuer=config.auth.issuer,
+            audience=config.auth.audience
+            if isinstance(config.auth.audience, str)
+            else (config.auth.audience[0] if config.auth.audience else None),
+        )
+        model = "gpt-4o-mini"
+        lines += [
+            f"  Team token for {team!r} (valid 24h):",
+            f"    export GATEWAY_TOKEN={token}",
+            "",
+            "  Try it with curl:",
+            f'    curl -s {base}/chat/completions -H "Authorization: Bearer $GATEWAY_TOKEN" \\',
+            "      -H 'Content-Type: application/json' \\",
+            f'      -d \'{{"model": "{model}", "messages": '
+            '[{"role": "user", "content": "Hello"}]}\'',
+            "",
+            "  Or with the OpenAI Python SDK:",
+            "    from openai import OpenAI; import os",
+            f'    client = OpenAI(base_url="{base}", api_key=os.environ["GATEWAY_TOKEN"])',
+            f'    print(client.chat.completions.create(model="{model}", '
+            'messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)',
+            "",
+        ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI API gateway for teams.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--config", help=f"config file (default $GATEWAY_CONFIG or {DEFAULT_CONFIG})"
+    )
+    serve.add_argument(
+        "--mock-upstream",
+        action="store_true",
+        help="start the offline mock OpenAI upstream in-process and send requests there",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="mint an HS team token with the configured secret")
+    token.add_argument("--team", required=True)
+    token.add_argument("--ttl", type=parse_duration, default=3600, help="e.g. 30m, 1h, 7d")
+    token.add_argument("--config")
+    token.set_defaults(func=cmd_token)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 0 or 1")
+    check.add_argument("path", nargs="?", default=None)
+    check.set_defaults(func=cmd_check_config)
+
+    schema = sub.add_parser("config-schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=cmd_config_schema)
+
+    mock = sub.add_parser("mock-upstream", help="run the OpenAI-compatible mock server")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8081)
+    mock.add_argument("--api-key", default=os.environ.get("MOCK_API_KEY", "sk-mock"))
+    mock.set_defaults(func=cmd_mock_upstream)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        args.path = _config_path(args.path)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

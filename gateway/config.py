@@ -1,0 +1,285 @@
+"""The gateway's configuration: one YAML file, validated by pydantic, with ``${VAR}`` substitution.
+
+Substitution happens on parsed string scalars, never on the raw text, so an environment value
+can't inject YAML structure. ``${VAR}`` must be set; ``${VAR:-default}`` falls back when the
+variable is unset or empty; ``$$`` is a literal ``$``.
+
+Every model forbids unknown keys: a typo is an error at start, not a silently ignored setting.
+Errors name the file and the exact path of the bad field (``teams.ml.models[2]``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+TEAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+Algorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"
+]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class UpstreamConfig(_Model):
+    """Where requests go, and with which credentials. Clients never see these."""
+
+    base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("https://api.openai.com/v1"),
+        description="Base URL of the OpenAI-compatible upstream, including /v1.",
+    )
+    api_key: SecretStr = Field(description="The real upstream API key; injected on every request.")
+    organization: str | None = Field(
+        default=None, description="Sent upstream as OpenAI-Organization (clients' values dropped)."
+    )
+    project: str | None = Field(
+        default=None, description="Sent upstream as OpenAI-Project (clients' values dropped)."
+    )
+    connect_timeout_seconds: PositiveSeconds = 10.0
+    read_timeout_seconds: PositiveSeconds = Field(
+        default=600.0,
+        description="Longest wait for the next bytes (first byte or between stream chunks).",
+    )
+    total_timeout_seconds: PositiveSeconds = Field(
+        default=1800.0, description="Longest a whole upstream exchange may take."
+    )
+    max_connections: int = Field(default=1000, ge=1, description="Size of the connection pool.")
+
+
+class AuthConfig(_Model):
+    """How team JWTs are verified. Allowed algorithms come from here, never from the token."""
+
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["HS256"], min_length=1)  # type: ignore[arg-type]
+    hs_secret: SecretStr | None = Field(
+        default=None, description="Shared secret for HS* tokens (at least 32 bytes)."
+    )
+    public_key: SecretStr | None = Field(
+        default=None, description="PEM public key for RS*/PS*/ES*/EdDSA tokens."
+    )
+    jwks_url: AnyHttpUrl | None = Field(
+        default=None, description="JWKS endpoint for asymmetric tokens (keys chosen by kid)."
+    )
+    jwks_cache_seconds: PositiveSeconds = 3600.0
+    jwks_min_refresh_interval_seconds: PositiveSeconds = Field(
+        default=60.0, description="An unknown kid triggers a refetch at most this often."
+    )
+    issuer: str | None = None
+    audience: str | list[str] | None = None
+    leeway_seconds: Annotated[float, Field(ge=0)] = 30.0
+    require_exp: bool = True
+    team_claim: str = Field(default="team", min_length=1)
+    token_cache_size: int = Field(
+        default=10_000, ge=0, description="Verified tokens remembered (0 disables the cache)."
+    )
+
+    @field_validator("hs_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (RFC 7518 3.2)")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_for_algorithms(self) -> AuthConfig:
+        wants_hmac = any(a in HMAC_ALGORITHMS for a in self.algorithms)
+        wants_asym = any(a in ASYMMETRIC_ALGORITHMS for a in self.algorithms)
+        if wants_hmac and self.hs_secret is None:
+            raise ValueError("hs_secret is required when an HS* algorithm is allowed")
+        if wants_asym and self.public_key is None and self.jwks_url is None:
+            raise ValueError(
+                "public_key or jwks_url is required when an asymmetric algorithm is allowed"
+            )
+        if self.public_key is not None and self.jwks_url is not None:
+            raise ValueError("set public_key or jwks_url, not both")
+        return self
+
+
+class StoreConfig(_Model):
+    """Shared state (quotas, cache). No redis_url: an embedded in-memory store for one process."""
+
+    redis_url: SecretStr | None = Field(
+        default=None, description="redis://[:password@]host:port/db, rediss:// or unix://."
+    )
+    key_prefix: str = Field(default="gw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    timeout_seconds: PositiveSeconds = Field(
+        default=0.5, description="Bound on every store call; past it the store counts as down."
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_means_embedded(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    on_error: Literal["local", "open", "closed"] = Field(
+        default="local",
+        description=(
+            "Quotas when Redis is unreachable: local = enforce with this replica's memory; "
+            "open = admit unmetered; closed = answer 503."
+        ),
+    )
+
+
+class ServerConfig(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest JSON request body (413 above)."
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Largest streamed (multipart or other non-JSON) request body.",
+    )
+    shutdown_grace_seconds: PositiveSeconds = Field(
+        default=30.0, description="Time in-flight requests and streams get to finish on SIGTERM."
+    )
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = Field(default=True, description="One JSON line per proxied request.")
+
+
+class TeamConfig(_Model):
+    enabled: bool = True
+    models: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["*"],
+        description="Model name patterns (fnmatch: *, ?, [..]) this team may use.",
+    )
+    paths: list[Annotated[str, Field(pattern=r"^/")]] = Field(
+        default_factory=lambda: ["*"],
+        description=(
+            "API path patterns (without /v1) this team may call, e.g. /chat/completions, "
+            "/files*. Requests to other paths get 403."
+        ),
+    )
+
+    def allows_model(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def allows_path(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.paths)
+
+
+class GatewayConfig(_Model):
+    upstream: UpstreamConfig
+    auth: AuthConfig
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    teams: dict[Annotated[str, Field(pattern=TEAM_NAME_PATTERN)], TeamConfig] = Field(
+        default_factory=dict, description="Team name -> settings; the JWT's team claim names one."
+    )
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            found = env.get(name)
+            if found:
+                return found
+            if default is not None:
+                return default
+            if found is not None:
+                return found
+            raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set")
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, _join(path, k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+    return path or "<root>"
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors(include_url=False, include_input=False):
+        # Pydantic puts a dict key's own errors under "[key]"; the path is the key itself.
+        loc = tuple(p for p in item["loc"] if p != "[key]")
+        lines.append(f"  {_location(loc)}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(
+    data: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Validate already-parsed YAML/JSON data."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        substituted = _substitute(data, "", os.environ if env is None else env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return GatewayConfig.model_validate(substituted)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, substitute and validate a YAML file; raises ConfigError with the file and path."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, source=source, env=env)
+
+
+def config_json_schema() -> dict[str, Any]:
+    return GatewayConfig.model_json_schema()

@@ -1,0 +1,301 @@
+"""Per-request orchestration of a proxied call: auth, parse, policy, forward, relay, account.
+
+Each step is a call into the module that owns it; nothing here parses JSON fields, builds
+headers or renders errors itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+
+from gateway import json_codec
+from gateway.auth import Authenticator
+from gateway.config import GatewayConfig, TeamConfig
+from gateway.endpoints import (
+    Api,
+    RequestInfo,
+    Usage,
+    classify,
+    parse_request,
+    usage_from_json,
+    with_usage_requested,
+)
+from gateway.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+)
+from gateway.log import ACCESS_LOGGER
+from gateway.proxy import Upstream, client_response_headers, upstream_request_headers
+from gateway.relay import StreamEnd, relay_raw, relay_sse, upstream_read_error
+from gateway.sse import StreamMeter
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("gateway.request_id", str)
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """What a request needs, swapped as a whole when the config is reloaded."""
+
+    config: GatewayConfig
+    authenticator: Authenticator
+    upstream: Upstream
+
+
+STATE: web.AppKey[GatewayState] = web.AppKey("gateway.state", GatewayState)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the access log says about one request."""
+
+    request_id: str
+    started: float
+    method: str
+    path: str
+    team: str | None = None
+    api: Api = Api.OTHER
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: str = "ok"
+    upstream_request_id: str | None = None
+    upstream_seconds: float | None = None
+    usage: Usage | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def log(self) -> None:
+        usage = self.usage
+        access_log.info(
+            "request",
+            extra={
+                "request_id": self.request_id,
+                "upstream_request_id": self.upstream_request_id,
+                "team": self.team,
+                "method": self.method,
+                "path": self.path,
+                "endpoint": self.api.value,
+                "model": self.model,
+                "stream": self.stream,
+                "status": self.status,
+                "outcome": self.outcome,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
+                "reasoning_tokens": usage.reasoning_tokens if usage else None,
+                "upstream_ms": _ms(self.upstream_seconds),
+                "duration_ms": _ms(time.perf_counter() - self.started),
+                **self.extra,
+            },
+        )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def new_request_id() -> str:
+    return "gw-" + uuid.uuid4().hex
+
+
+def api_path(request: web.Request) -> str:
+    """The path relative to the upstream's /v1, checked so it cannot climb out of it."""
+    raw = request.rel_url.raw_path
+    if raw == "/v1" or raw.startswith("/v1/"):
+        raw = raw[3:] or "/"
+    decoded = unquote(raw)
+    segments = decoded.split("/")
+    if (
+        any(seg in (".", "..") for seg in segments)
+        or "\\" in decoded
+        or any(ord(ch) < 0x20 for ch in decoded)
+    ):
+        raise InvalidRequestError("Invalid request path.", code="invalid_path")
+    return raw
+
+
+async def handle_proxy(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config = state.config
+    exchange = Exchange(
+        request_id=request[REQUEST_ID],
+        started=time.perf_counter(),
+        method=request.method,
+        path=request.rel_url.raw_path,
+    )
+    try:
+        response = await _proxy(request, state, config, exchange)
+        exchange.status = response.status
+        return response
+    except Exception as exc:
+        exchange.status = getattr(exc, "status", 500)
+        exchange.outcome = type(exc).__name__
+        raise
+    finally:
+        if config.logging.access_log:
+            exchange.log()
+
+
+async def _proxy(
+    request: web.Request, state: GatewayState, config: GatewayConfig, exchange: Exchange
+) -> web.StreamResponse:
+    path = api_path(request)
+    authorization = request.headers.getall("Authorization", [])
+    if len(authorization) > 1:
+        raise AuthenticationError("Invalid API key: more than one Authorization header.")
+    principal = await state.authenticator.authenticate(
+        authorization[0] if authorization else None, config.teams
+    )
+    exchange.team = principal.team
+    team = config.teams[principal.team]
+    if not team.allows_path(path):
+        raise PermissionDeniedError(
+            f"Team {principal.team!r} may not call {path}.", code="path_not_allowed"
+        )
+    api = classify(request.method, path)
+    exchange.api = api
+    if api is Api.OTHER:
+        return await _passthrough(request, state, config, team, path, exchange)
+    return await _metered(request, state, config, team, path, api, exchange)
+
+
+async def _metered(
+    request: web.Request,
+    state: GatewayState,
+    config: GatewayConfig,
+    team: TeamConfig,
+    path: str,
+    api: Api,
+    exchange: Exchange,
+) -> web.StreamResponse:
+    raw = await request.read()
+    try:
+        body = json_codec.loads(raw)
+    except json_codec.JSONDecodeError:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            code="invalid_json",
+        ) from None
+    info = parse_request(api, body)
+    exchange.model = info.model
+    exchange.stream = info.stream
+    _check_model(team, exchange.team or "", info)
+
+    # Usage must be metered on every stream: ask for it, and hide it again from a client
+    # that did not ask, so its stream stays exactly what OpenAI would have sent it.
+    hide_usage = False
+    if info.stream and api in (Api.CHAT, Api.COMPLETIONS) and not info.include_usage:
+        body = with_usage_requested(info, body)
+        hide_usage = True
+    payload = json_codec.dumps(body) if hide_usage else raw
+
+    headers = upstream_request_headers(request.headers, state.upstream.config, accept_encoding=None)
+    headers["Content-Type"] = "application/json"
+    sent_at = time.perf_counter()
+    upstream = await state.upstream.send(
+        request.method, path, request.rel_url.raw_query_string, headers, payload
+    )
+    try:
+        exchange.upstream_request_id = upstream.headers.get("x-request-id")
+        response_headers = client_response_headers(upstream.headers)
+        _ensure_request_id(response_headers, exchange.request_id)
+        content_type = upstream.headers.get("Content-Type", "")
+        if upstream.status < 300 and content_type.startswith("text/event-stream"):
+            client = web.StreamResponse(status=upstream.status, headers=response_headers)
+            await client.prepare(request)
+            meter = StreamMeter(api, hide_usage=hide_usage)
+            result = await relay_sse(upstream, client, meter)
+            exchange.upstream_seconds = time.perf_counter() - sent_at
+            exchange.usage = meter.usage
+            if result.end is not StreamEnd.COMPLETE:
+                exchange.outcome = result.end.value
+            return client
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise upstream_read_error(exc) from None
+        exchange.upstream_seconds = time.perf_counter() - sent_at
+        if upstream.status < 300:
+            exchange.usage = usage_from_json(api, data)
+        return web.Response(status=upstream.status, body=data, headers=response_headers)
+    finally:
+        upstream.release()
+
+
+async def _passthrough(
+    request: web.Request,
+    state: GatewayState,
+    config: GatewayConfig,
+    team: TeamConfig,
+    path: str,
+    exchange: Exchange,
+) -> web.StreamResponse:
+    """Any other API: body streamed through unparsed, response relayed as is."""
+    body: bytes | AsyncIterator[bytes] | None = None
+    headers = upstream_request_headers(
+        request.headers,
+        state.upstream.config,
+        accept_encoding=request.headers.get("Accept-Encoding"),
+    )
+    if request.body_exists:
+        limit = config.server.max_upload_bytes
+        if request.content_length is not None:
+            if request.content_length > limit:
+                raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
+            headers["Content-Length"] = str(request.content_length)
+        body = _bounded_body(request, limit)
+    sent_at = time.perf_counter()
+    upstream = await state.upstream.send(
+        request.method, path, request.rel_url.raw_query_string, headers, body
+    )
+    try:
+        exchange.upstream_request_id = upstream.headers.get("x-request-id")
+        response_headers = client_response_headers(upstream.headers)
+        _ensure_request_id(response_headers, exchange.request_id)
+        client = web.StreamResponse(status=upstream.status, headers=response_headers)
+        # Bytes pass through undecoded (auto_decompress=False), so the length still holds.
+        client.content_length = upstream.content_length
+        await client.prepare(request)
+        result = await relay_raw(request, upstream, client)
+        exchange.upstream_seconds = time.perf_counter() - sent_at
+        if result.end is not StreamEnd.COMPLETE:
+            exchange.outcome = result.end.value
+        return client
+    finally:
+        upstream.release()
+
+
+async def _bounded_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        received += len(chunk)
+        if received > limit:
+            # Past the limit mid-upload: aborting the upstream request is all that is left.
+            raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
+        yield chunk
+
+
+def _check_model(team: TeamConfig, team_name: str, info: RequestInfo) -> None:
+    if info.model is not None and not team.allows_model(info.model):
+        raise PermissionDeniedError(
+            f"Team {team_name!r} is not allowed to use model {info.model!r}.",
+            param="model",
+        )
+
+
+def _ensure_request_id(headers: Any, request_id: str) -> None:
+    headers["x-gateway-request-id"] = request_id
+    if "x-request-id" not in headers:
+        headers["x-request-id"] = request_id

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.mock_upstream import MockUpstream, start_mock_upstream
+from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, base_config, start_gateway
+from tests.support.redis_proc import RedisProcess, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real redis-server on a free port for the whole session (never the machine's own)."""
+    proc = RedisProcess(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
+    try:
+        proc.start()
+    except RuntimeError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[MockUpstream]:
+    mock = await start_mock_upstream(host="127.0.0.1", port=0, api_key=UPSTREAM_KEY)
+    yield mock
+    await mock.close()
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_gateway(upstream: MockUpstream) -> AsyncIterator[GatewayFactory]:
+    started: list[RunningGateway] = []
+
+    async def factory(**sections: Any) -> RunningGateway:
+        gw = await start_gateway(base_config(upstream.url, **sections))
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in started:
+        await gw.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> RunningGateway:
+    gw: RunningGateway = await make_gateway()
+    return gw
