@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -21,8 +22,20 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
     render_body,
 )
-from gateway.handlers import REQUEST_ID, STATE, GatewayState, handle_proxy, new_request_id
+from gateway.handlers import (
+    REQUEST_ID,
+    STATE,
+    GatewayState,
+    handle_proxy,
+    handle_usage,
+    new_request_id,
+)
 from gateway.proxy import Upstream
+from gateway.quota.service import QuotaService
+from gateway.store.base import QuotaStore, StoreError
+from gateway.store.memory import MemoryQuotaStore
+from gateway.store.redis import RedisQuotaStore
+from gateway.store.redis import connect as connect_redis
 
 log = logging.getLogger("gateway")
 
@@ -70,18 +83,37 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, dumps=lambda o: json_codec.dumps(o).decode())
+    return _json({"status": "ok"})
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    # Store reachability joins this check when a store is configured.
-    return web.json_response({"status": "ready"}, dumps=lambda o: json_codec.dumps(o).decode())
+    state = request.app[STATE]
+    try:
+        await state.quotas.store.ping()
+    except StoreError:
+        return _json({"status": "unready", "reason": "store unreachable"}, status=503)
+    return _json({"status": "ready"})
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=json_codec.dumps(obj), status=status, content_type="application/json")
+
+
+def build_quota_store(config: GatewayConfig) -> QuotaStore:
+    if config.store.redis_url is None:
+        return MemoryQuotaStore()
+    client = connect_redis(
+        config.store.redis_url.get_secret_value(), timeout_seconds=config.store.timeout_seconds
+    )
+    return RedisQuotaStore(client, prefix=config.store.key_prefix)
 
 
 def create_app(
     config: GatewayConfig,
     *,
     upstream_session: aiohttp.ClientSession | None = None,
+    quota_store: QuotaStore | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """Build the gateway. Tests pass their own objects instead of monkeypatching."""
     app = web.Application(
@@ -89,6 +121,8 @@ def create_app(
     )
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/v1/gateway/usage", handle_usage)
+    app.router.add_get("/gateway/usage", handle_usage)
     app.router.add_route("*", "/{tail:.*}", handle_proxy)
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
@@ -101,12 +135,24 @@ def create_app(
                 cache_seconds=config.auth.jwks_cache_seconds,
                 min_refresh_interval_seconds=config.auth.jwks_min_refresh_interval_seconds,
             )
+        store = quota_store or build_quota_store(config)
+        quotas = QuotaService(
+            store,
+            on_error=config.store.on_error,
+            hold_seconds=config.upstream.total_timeout_seconds
+            + config.store.reservation_grace_seconds,
+            clock=clock,
+        )
         app[STATE] = GatewayState(
             config=config,
             authenticator=Authenticator(config.auth, jwks=jwks),
             upstream=Upstream(config.upstream, session),
+            quotas=quotas,
         )
         yield
+        await quotas.drain()
+        if quota_store is None:
+            await store.close()
         if upstream_session is None:
             await session.close()
 

@@ -132,6 +132,12 @@ class StoreConfig(_Model):
         default=0.5, description="Bound on every store call; past it the store counts as down."
     )
 
+    reservation_grace_seconds: PositiveSeconds = Field(
+        default=60.0,
+        description="A reservation is held for upstream.total_timeout_seconds plus this; a "
+        "replica that dies mid-request leaks budget for at most that long.",
+    )
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_means_embedded(cls, value: Any) -> Any:
@@ -167,6 +173,114 @@ class LoggingConfig(_Model):
     access_log: bool = Field(default=True, description="One JSON line per proxied request.")
 
 
+QuotaMetric = Literal[
+    "completion_tokens", "reasoning_tokens", "prompt_tokens", "total_tokens", "requests"
+]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+WINDOW_PATTERN = r"^(minute|hour|day|month|[1-9][0-9]{0,5}[smhd])$"
+
+
+class QuotaRule(_Model):
+    """A cap: at most ``limit`` of ``metric`` per fixed, UTC-aligned ``window``."""
+
+    metric: QuotaMetric
+    limit: int = Field(ge=0, description="Largest amount per window (0 blocks the metric).")
+    window: str = Field(
+        pattern=WINDOW_PATTERN,
+        description="minute, hour, day (UTC), month (UTC calendar) or a duration: 15m, 6h, 7d.",
+    )
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None,
+        description="Model patterns this rule counts; unset = every model of the team.",
+    )
+
+
+class QuotaDefaults(_Model):
+    quotas: list[QuotaRule] = Field(
+        default_factory=list, description="Rules for teams that set no `quotas` of their own."
+    )
+
+
+class ModelProfile(_Model):
+    """What the gateway assumes about a family of models (first matching profile wins)."""
+
+    match: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="Model name patterns."
+    )
+    reasoning: bool = Field(
+        default=False, description="Spends reasoning tokens (counted against reasoning caps)."
+    )
+    default_output_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Output reserved (and written into the request) when a client sets no limit.",
+    )
+    min_output_tokens: int = Field(
+        default=16,
+        ge=1,
+        description="Smallest useful output budget; a request that can't get it is refused (429).",
+    )
+
+
+def _default_model_profiles() -> list[ModelProfile]:
+    # OpenAI advises leaving about 25,000 tokens for reasoning and output on reasoning models.
+    return [
+        ModelProfile(
+            match=["o[0-9]*", "gpt-5*", "*-reasoning*", "*deep-research*", "codex*"],
+            reasoning=True,
+            default_output_tokens=25_000,
+            min_output_tokens=256,
+        ),
+        ModelProfile(
+            match=["*"], reasoning=False, default_output_tokens=4096, min_output_tokens=16
+        ),
+    ]
+
+
+class CacheConfig(_Model):
+    """Response cache for deterministic requests (global settings and defaults)."""
+
+    enabled: bool = Field(default=True, description="Master switch.")
+    ttl_seconds: int = Field(default=3600, ge=1, description="How long an entry lives.")
+    max_entry_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Larger responses are not stored."
+    )
+    scope: Literal["team", "shared"] = Field(
+        default="team", description="team: entries are private to a team; shared: pooled."
+    )
+    models: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["*"], description="Model patterns whose responses may be cached."
+    )
+    exclude_models: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Model patterns never cached (wins over `models`)."
+    )
+    images: bool = Field(default=False, description="Cache image generations too.")
+    responses_with_store: bool = Field(
+        default=False,
+        description="Cache Responses API calls whose `store` is not false (they have effects).",
+    )
+    lock_seconds: PositiveSeconds = Field(
+        default=30.0,
+        description="Cross-replica single-flight: how long one replica may hold a request's lock.",
+    )
+    wait_seconds: PositiveSeconds = Field(
+        default=30.0,
+        description="How long an identical request waits for the one in flight before going "
+        "upstream itself.",
+    )
+
+
+class TeamCacheConfig(_Model):
+    """Per-team overrides of the cache settings; unset fields inherit the global ones."""
+
+    enabled: bool | None = None
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    scope: Literal["team", "shared"] | None = None
+    models: list[Annotated[str, Field(min_length=1)]] | None = None
+    exclude_models: list[Annotated[str, Field(min_length=1)]] | None = None
+    images: bool | None = None
+
+
 class TeamConfig(_Model):
     enabled: bool = True
     models: list[Annotated[str, Field(min_length=1)]] = Field(
@@ -181,6 +295,21 @@ class TeamConfig(_Model):
         ),
     )
 
+    quotas: list[QuotaRule] | None = Field(
+        default=None, description="This team's caps; unset = `defaults.quotas`."
+    )
+    max_output_tokens: int | None = Field(
+        default=None, ge=1, description="Ceiling on any one request's output-token limit."
+    )
+    max_reasoning_effort: ReasoningEffort | None = Field(
+        default=None, description="Highest reasoning effort this team may ask for."
+    )
+    on_effort_exceeded: Literal["downgrade", "reject"] = Field(
+        default="downgrade",
+        description="downgrade: rewrite the request to max_reasoning_effort; reject: 400.",
+    )
+    cache: TeamCacheConfig = Field(default_factory=TeamCacheConfig)
+
     def allows_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
@@ -194,9 +323,25 @@ class GatewayConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    defaults: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    models: list[ModelProfile] = Field(
+        default_factory=_default_model_profiles,
+        description="Model profiles, first match wins; a catch-all `*` profile is implied.",
+    )
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     teams: dict[Annotated[str, Field(pattern=TEAM_NAME_PATTERN)], TeamConfig] = Field(
         default_factory=dict, description="Team name -> settings; the JWT's team claim names one."
     )
+
+    def quota_rules(self, team: str) -> list[QuotaRule]:
+        own = self.teams[team].quotas
+        return own if own is not None else self.defaults.quotas
+
+    def model_profile(self, model: str | None) -> ModelProfile:
+        for profile in self.models:
+            if model is not None and any(fnmatch.fnmatchcase(model, p) for p in profile.match):
+                return profile
+        return _FALLBACK_PROFILE
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -283,3 +428,6 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Ga
 
 def config_json_schema() -> dict[str, Any]:
     return GatewayConfig.model_json_schema()
+
+
+_FALLBACK_PROFILE = ModelProfile(match=["*"])

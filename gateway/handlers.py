@@ -6,6 +6,7 @@ headers or renders errors itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -19,24 +20,30 @@ from aiohttp import web
 
 from gateway import json_codec
 from gateway.auth import Authenticator
-from gateway.config import GatewayConfig, TeamConfig
+from gateway.config import GatewayConfig, ModelProfile, TeamConfig
 from gateway.endpoints import (
+    BAD_JSON,
     Api,
     RequestInfo,
     Usage,
     classify,
     parse_request,
     usage_from_json,
+    with_output_limit,
+    with_reasoning_effort,
     with_usage_requested,
 )
 from gateway.errors import (
     AuthenticationError,
+    GatewayError,
     InvalidRequestError,
     PermissionDeniedError,
     RequestTooLargeError,
 )
 from gateway.log import ACCESS_LOGGER
 from gateway.proxy import Upstream, client_response_headers, upstream_request_headers
+from gateway.quota.policy import enforce_effort, plan_request
+from gateway.quota.service import QuotaService, Reservation, RuleUsage
 from gateway.relay import StreamEnd, relay_raw, relay_sse, upstream_read_error
 from gateway.sse import StreamMeter
 
@@ -52,6 +59,7 @@ class GatewayState:
     config: GatewayConfig
     authenticator: Authenticator
     upstream: Upstream
+    quotas: QuotaService
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway.state", GatewayState)
@@ -74,6 +82,7 @@ class Exchange:
     upstream_request_id: str | None = None
     upstream_seconds: float | None = None
     usage: Usage | None = None
+    released: bool = False  # the upstream produced nothing billable
     extra: dict[str, Any] = field(default_factory=dict)
 
     def log(self) -> None:
@@ -183,7 +192,7 @@ async def _metered(
     raw = await request.read()
     try:
         body = json_codec.loads(raw)
-    except json_codec.JSONDecodeError:
+    except BAD_JSON:
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be a JSON object.",
             code="invalid_json",
@@ -191,26 +200,118 @@ async def _metered(
     info = parse_request(api, body)
     exchange.model = info.model
     exchange.stream = info.stream
-    _check_model(team, exchange.team or "", info)
+    team_name = exchange.team or ""
+    _check_model(team, team_name, info)
+    profile = config.model_profile(info.model)
+    original = body
 
-    # Usage must be metered on every stream: ask for it, and hide it again from a client
-    # that did not ask, so its stream stays exactly what OpenAI would have sent it.
-    hide_usage = False
-    if info.stream and api in (Api.CHAT, Api.COMPLETIONS) and not info.include_usage:
-        body = with_usage_requested(info, body)
-        hide_usage = True
-    payload = json_codec.dumps(body) if hide_usage else raw
+    effort = enforce_effort(team, info, profile)
+    if effort is not None:
+        body = with_reasoning_effort(info, body, effort)
 
+    reservation = await _reserve(state, config, team, team_name, info, profile, len(raw), exchange)
+    try:
+        limit = _output_limit(info, team, reservation)
+        if limit is not None:
+            body = with_output_limit(info, body, limit)
+            exchange.extra["output_limit"] = limit
+        # Usage must be metered on every stream: ask for it, and hide it again from a client
+        # that did not ask, so its stream stays exactly what OpenAI would have sent it.
+        hide_usage = info.stream and api in (Api.CHAT, Api.COMPLETIONS) and not info.include_usage
+        if hide_usage:
+            body = with_usage_requested(info, body)
+        payload = raw if body is original else json_codec.dumps(body)
+        extra_headers = reservation.headers if reservation is not None else {}
+        if limit is not None:
+            extra_headers = {**extra_headers, "x-gateway-output-limit": str(limit)}
+        return await _forward_metered(
+            request, state, path, api, payload, hide_usage, extra_headers, exchange
+        )
+    finally:
+        if reservation is not None:
+            # Shielded: a handler cancelled at shutdown must still settle what it reserved.
+            await asyncio.shield(
+                state.quotas.settle(reservation, exchange.usage, release=exchange.released)
+            )
+
+
+async def _reserve(
+    state: GatewayState,
+    config: GatewayConfig,
+    team: TeamConfig,
+    team_name: str,
+    info: RequestInfo,
+    profile: ModelProfile,
+    body_bytes: int,
+    exchange: Exchange,
+) -> Reservation | None:
+    rules = config.quota_rules(team_name)
+    if not rules:
+        return None
+    plan = plan_request(
+        rules,
+        info,
+        profile,
+        team,
+        body_bytes=body_bytes,
+        now=state.quotas.clock(),
+        hold_seconds=state.quotas.hold_seconds,
+    )
+    if not plan.windows:
+        return None
+    reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
+    exchange.extra["reserved_output"] = reservation.output
+    return reservation
+
+
+def _output_limit(
+    info: RequestInfo, team: TeamConfig, reservation: Reservation | None
+) -> int | None:
+    """The output limit the gateway must write into the request, if any.
+
+    With output caps, the granted budget is written whenever it is below what the client
+    asked (or the client asked for nothing): the upstream then cannot exceed the reservation.
+    """
+    if info.output_limit_field is None:
+        return None
+    limit: int | None = None
+    if reservation is not None and any(c.per_output > 0 for c in reservation.plan.charges):
+        limit = reservation.output
+    elif team.max_output_tokens is not None:
+        limit = team.max_output_tokens
+    if limit is None or (info.max_output_tokens is not None and info.max_output_tokens <= limit):
+        return None
+    return limit
+
+
+async def _forward_metered(
+    request: web.Request,
+    state: GatewayState,
+    path: str,
+    api: Api,
+    payload: bytes,
+    hide_usage: bool,
+    extra_headers: dict[str, str],
+    exchange: Exchange,
+) -> web.StreamResponse:
+    """Send upstream and relay; records usage (or that nothing was produced) on ``exchange``."""
     headers = upstream_request_headers(request.headers, state.upstream.config, accept_encoding=None)
     headers["Content-Type"] = "application/json"
     sent_at = time.perf_counter()
-    upstream = await state.upstream.send(
-        request.method, path, request.rel_url.raw_query_string, headers, payload
-    )
+    try:
+        upstream = await state.upstream.send(
+            request.method, path, request.rel_url.raw_query_string, headers, payload
+        )
+    except GatewayError:
+        exchange.released = True  # nothing reached the upstream model
+        raise
     try:
         exchange.upstream_request_id = upstream.headers.get("x-request-id")
         response_headers = client_response_headers(upstream.headers)
+        response_headers.update(extra_headers)
         _ensure_request_id(response_headers, exchange.request_id)
+        if upstream.status >= 300:
+            exchange.released = True  # an upstream error produced no tokens
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 300 and content_type.startswith("text/event-stream"):
             client = web.StreamResponse(status=upstream.status, headers=response_headers)
@@ -299,3 +400,41 @@ def _ensure_request_id(headers: Any, request_id: str) -> None:
     headers["x-gateway-request-id"] = request_id
     if "x-request-id" not in headers:
         headers["x-request-id"] = request_id
+
+
+async def handle_usage(request: web.Request) -> web.Response:
+    """``GET /v1/gateway/usage``: the calling team's rules with what is used and left."""
+    state = request.app[STATE]
+    config = state.config
+    authorization = request.headers.getall("Authorization", [])
+    if len(authorization) > 1:
+        raise AuthenticationError("Invalid API key: more than one Authorization header.")
+    principal = await state.authenticator.authenticate(
+        authorization[0] if authorization else None, config.teams
+    )
+    rules = config.quota_rules(principal.team)
+    usage = await state.quotas.usage(principal.team, rules)
+    body = {
+        "object": "gateway.usage",
+        "team": principal.team,
+        "rules": [usage_entry(u) for u in usage],
+    }
+    return web.Response(body=json_codec.dumps(body), content_type="application/json")
+
+
+def usage_entry(usage: RuleUsage) -> dict[str, Any]:
+    return {
+        "metric": usage.rule.metric,
+        "window": usage.rule.window,
+        "models": usage.rule.models,
+        "limit": usage.rule.limit,
+        "used": usage.used,
+        "reserved": usage.reserved,
+        "remaining": usage.remaining,
+        "window_start": _iso(usage.window_start),
+        "resets_at": _iso(usage.window_end),
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

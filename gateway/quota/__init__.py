@@ -1,0 +1,1 @@
+"""Per-team quotas: window maths and request planning (pure), and the service that runs them."""

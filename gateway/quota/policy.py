@@ -1,0 +1,232 @@
+"""Quota planning: which windows a request touches and what it asks of each. Pure functions.
+
+The admission model is reserve-then-settle. Before forwarding, a request reserves its output
+budget (the limit it sent, or the model's default, which is then written into the request)
+against every completion, reasoning and total-token window, 1 against request windows and an
+estimate against prompt windows. The store grants the largest per-choice budget that fits in
+every window at once; the gateway writes that budget into the request, so the upstream cannot
+produce more than was reserved and output caps hold by construction. Reasoning tokens are part
+of completion tokens, so the same budget bounds them.
+
+Prompt tokens can't be known before the upstream counts them, so prompt (and the prompt part
+of total) windows use an estimate: one token per ``PROMPT_BYTES_PER_TOKEN`` bytes of request
+body, which over-estimates English text (about 4 characters per token plus JSON syntax) and
+is replaced by the real count at settlement. A prompt cap can therefore be passed only by the
+estimation error of requests in flight at the same moment; output caps are exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from dataclasses import dataclass
+
+from gateway.config import ModelProfile, QuotaRule, TeamConfig
+from gateway.endpoints import REASONING_EFFORTS, Api, RequestInfo, Usage
+from gateway.errors import InvalidRequestError, QuotaExceededError
+from gateway.quota.windows import Window, go_duration, window_at
+from gateway.store import keys
+from gateway.store.base import ReserveOutcome, WindowCharge
+
+PROMPT_BYTES_PER_TOKEN = 3
+#: OpenAI's default output limit for the legacy completions API.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+#: Longest retry-after an SDK honours (openai-python 1.x and node: 60 s); beyond it, say
+#: ``x-should-retry: false`` so no SDK spins on a window that is hours away from resetting.
+SDK_RETRY_HORIZON_SECONDS = 60.0
+#: How long settled counters outlive their window, so usage stays readable a while.
+COUNTER_RETENTION_SECONDS = 3600.0
+
+OUTPUT_APIS = frozenset({Api.CHAT, Api.RESPONSES, Api.COMPLETIONS})
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWindow:
+    rule: QuotaRule
+    window: Window
+    charge: WindowCharge
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPlan:
+    windows: tuple[PlannedWindow, ...]
+    requested_output: int  # per choice; 0 for APIs without output tokens
+    min_output: int
+    choices: int
+
+    @property
+    def charges(self) -> tuple[WindowCharge, ...]:
+        return tuple(w.charge for w in self.windows)
+
+
+def rule_applies(rule: QuotaRule, model: str | None) -> bool:
+    if rule.models is None:
+        return True
+    return model is not None and any(fnmatch.fnmatchcase(model, p) for p in rule.models)
+
+
+def estimate_prompt_tokens(body_bytes: int) -> int:
+    return body_bytes // PROMPT_BYTES_PER_TOKEN + 1
+
+
+def requested_output(info: RequestInfo, profile: ModelProfile, team: TeamConfig) -> int:
+    """The per-choice output budget a request asks for, after the team's ceiling."""
+    if info.api not in OUTPUT_APIS:
+        return 0
+    asked = info.max_output_tokens
+    if asked is None:
+        asked = (
+            COMPLETIONS_DEFAULT_MAX_TOKENS
+            if info.api is Api.COMPLETIONS
+            else profile.default_output_tokens
+        )
+    if team.max_output_tokens is not None:
+        asked = min(asked, team.max_output_tokens)
+    return asked
+
+
+def plan_request(
+    rules: list[QuotaRule],
+    info: RequestInfo,
+    profile: ModelProfile,
+    team: TeamConfig,
+    *,
+    body_bytes: int,
+    now: float,
+    hold_seconds: float,
+) -> QuotaPlan:
+    output = requested_output(info, profile, team)
+    choices = max(1, info.n) if info.api in OUTPUT_APIS else 0
+    prompt = estimate_prompt_tokens(body_bytes)
+    by_key: dict[str, PlannedWindow] = {}
+    for rule in rules:
+        if not rule_applies(rule, info.model):
+            continue
+        fixed, per_output = _amounts(rule.metric, prompt, choices, profile)
+        window = window_at(rule.window, now)
+        key = keys.window_key(rule.metric, rule.window, rule.models, window.label)
+        charge = WindowCharge(
+            key=key,
+            limit=rule.limit,
+            fixed=fixed,
+            per_output=per_output,
+            expires_at=window.end + hold_seconds + COUNTER_RETENTION_SECONDS,
+        )
+        known = by_key.get(key)
+        # Two identical rules share one counter; the stricter limit is the one that holds.
+        if known is None or rule.limit < known.rule.limit:
+            by_key[key] = PlannedWindow(rule, window, charge)
+    return QuotaPlan(
+        windows=tuple(by_key.values()),
+        requested_output=output,
+        min_output=min(profile.min_output_tokens, output),
+        choices=choices,
+    )
+
+
+def _amounts(metric: str, prompt: int, choices: int, profile: ModelProfile) -> tuple[int, int]:
+    if metric == "completion_tokens":
+        return 0, choices
+    if metric == "reasoning_tokens":
+        # Non-reasoning models spend none; reserving for them would only clamp for nothing.
+        return 0, choices if profile.reasoning else 0
+    if metric == "total_tokens":
+        return prompt, choices
+    if metric == "prompt_tokens":
+        return prompt, 0
+    return 1, 0  # requests
+
+
+def actual_amounts(plan: QuotaPlan, usage: Usage) -> list[int]:
+    amounts = []
+    for planned in plan.windows:
+        metric = planned.rule.metric
+        if metric == "completion_tokens":
+            amounts.append(usage.completion_tokens)
+        elif metric == "reasoning_tokens":
+            amounts.append(usage.reasoning_tokens)
+        elif metric == "prompt_tokens":
+            amounts.append(usage.prompt_tokens)
+        elif metric == "total_tokens":
+            amounts.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
+        else:
+            amounts.append(1)
+    return amounts
+
+
+def reserved_amounts(plan: QuotaPlan, output: int) -> list[int]:
+    return [w.charge.fixed + w.charge.per_output * output for w in plan.windows]
+
+
+def enforce_effort(team: TeamConfig, info: RequestInfo, profile: ModelProfile) -> str | None:
+    """The effort to write into the request, or None to leave it; raises to reject."""
+    ceiling = team.max_reasoning_effort
+    if ceiling is None or not profile.reasoning:
+        return None
+    asked = info.reasoning_effort or "medium"  # OpenAI's documented default
+    if REASONING_EFFORTS.index(asked) <= REASONING_EFFORTS.index(ceiling):
+        return None
+    if team.on_effort_exceeded == "reject":
+        param = "reasoning.effort" if info.api is Api.RESPONSES else "reasoning_effort"
+        raise InvalidRequestError(
+            f"Reasoning effort {asked!r} is above this team's maximum of {ceiling!r}.",
+            param=param,
+            code="reasoning_effort_not_allowed",
+        )
+    return ceiling
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _scope(rule: QuotaRule) -> str:
+    return f" for models {', '.join(rule.models)}" if rule.models else ""
+
+
+def rate_limit_headers(plan: QuotaPlan, remaining: tuple[int, ...], now: float) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers for the team's tightest token and request windows."""
+    headers: dict[str, str] = {}
+    for suffix, is_requests in (("tokens", False), ("requests", True)):
+        tightest: tuple[int, PlannedWindow] | None = None
+        for planned, left in zip(plan.windows, remaining, strict=True):
+            if (planned.rule.metric == "requests") != is_requests:
+                continue
+            if tightest is None or left < tightest[0]:
+                tightest = (left, planned)
+        if tightest is not None:
+            left, planned = tightest
+            headers[f"x-ratelimit-limit-{suffix}"] = str(planned.rule.limit)
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, left))
+            headers[f"x-ratelimit-reset-{suffix}"] = go_duration(planned.window.resets_in(now))
+    return headers
+
+
+def quota_exceeded(
+    team: str, plan: QuotaPlan, outcome: ReserveOutcome, now: float
+) -> QuotaExceededError:
+    index = outcome.blocked if outcome.blocked is not None else 0
+    planned = plan.windows[index]
+    rule = planned.rule
+    left = max(0, outcome.remaining[index])
+    needed = planned.charge.fixed + planned.charge.per_output * plan.min_output
+    resets_in = planned.window.resets_in(now)
+    message = (
+        f"Quota exceeded for team '{team}': {rule.metric} limit {rule.limit} per "
+        f"{rule.window}{_scope(rule)}; {left} left (including requests in flight), this "
+        f"request needs at least {needed}. The window resets at {_iso(planned.window.end)} "
+        f"(in {go_duration(resets_in)})."
+    )
+    wait = max(1.0, resets_in)
+    headers = rate_limit_headers(plan, outcome.remaining, now)
+    headers["retry-after"] = str(int(-(-wait // 1)))
+    headers["retry-after-ms"] = str(int(wait * 1000))
+    if resets_in > SDK_RETRY_HORIZON_SECONDS:
+        headers["x-should-retry"] = "false"
+    return QuotaExceededError(
+        message,
+        type="requests" if rule.metric == "requests" else "tokens",
+        code="rate_limit_exceeded",
+        param=None,
+        headers=headers,
+    )

@@ -1,0 +1,218 @@
+"""The quota service: reserve before forwarding, settle after, with one policy for store trouble.
+
+``store.on_error`` is read here and nowhere else:
+
+- ``local``: enforce with this replica's in-memory store until Redis answers again (each
+  replica then holds the caps on its own; counts made meanwhile are not merged back);
+- ``open``: admit unmetered while Redis is down;
+- ``closed``: answer 503.
+
+A settlement that fails is retried in the background for as long as the reservation is held;
+if it never lands, the reservation expires and its amounts stop counting (logged as lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.config import QuotaRule
+from gateway.endpoints import Usage
+from gateway.errors import StoreUnavailableError
+from gateway.quota.policy import (
+    QuotaPlan,
+    actual_amounts,
+    quota_exceeded,
+    rate_limit_headers,
+    reserved_amounts,
+)
+from gateway.quota.windows import window_at
+from gateway.store import keys
+from gateway.store.base import QuotaStore, StoreError, WindowCharge, WindowUsage
+from gateway.store.memory import MemoryQuotaStore
+
+log = logging.getLogger("gateway.quota")
+
+Clock = Callable[[], float]
+SETTLE_RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass(slots=True)
+class Reservation:
+    team: str
+    request_id: str
+    plan: QuotaPlan
+    output: int  # granted per-choice output budget
+    store: QuotaStore | None  # None: admitted unmetered (store down, on_error=open)
+    reserved: list[int]
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RuleUsage:
+    rule: QuotaRule
+    used: int
+    reserved: int
+    window_start: float
+    window_end: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.rule.limit - self.used - self.reserved)
+
+
+@dataclass(slots=True)
+class QuotaCounters:
+    """What happened, for metrics and tests (the metrics module reads these)."""
+
+    store_errors: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    lost_settlements: int = 0
+
+    def count(self, table: dict[str, int], name: str) -> None:
+        table[name] = table.get(name, 0) + 1
+
+
+class QuotaService:
+    def __init__(
+        self,
+        store: QuotaStore,
+        *,
+        on_error: Literal["local", "open", "closed"],
+        hold_seconds: float,
+        clock: Clock = time.time,
+        local: MemoryQuotaStore | None = None,
+    ) -> None:
+        self.store = store
+        self.local = local or (store if isinstance(store, MemoryQuotaStore) else MemoryQuotaStore())
+        self.on_error = on_error
+        self.hold_seconds = hold_seconds
+        self.clock = clock
+        self.counters = QuotaCounters()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def reserve(self, team: str, request_id: str, plan: QuotaPlan) -> Reservation:
+        """Reserve for every window of the plan, or raise QuotaExceededError (429)."""
+        now = self.clock()
+        store: QuotaStore | None = self.store
+        try:
+            outcome = await self.store.reserve(
+                team,
+                request_id,
+                plan.charges,
+                requested_output=plan.requested_output,
+                min_output=plan.min_output,
+                now=now,
+                hold_until=now + self.hold_seconds,
+            )
+        except StoreError as exc:
+            self.counters.count(self.counters.store_errors, "reserve")
+            log.warning("quota store unavailable", extra={"error": str(exc), "mode": self.on_error})
+            if self.on_error == "closed":
+                raise StoreUnavailableError(
+                    "Quota store unavailable; requests are refused until it is back."
+                ) from None
+            self.counters.count(self.counters.fallbacks, self.on_error)
+            if self.on_error == "open":
+                return Reservation(team, request_id, plan, plan.requested_output, None, [])
+            store = self.local
+            outcome = await self.local.reserve(
+                team,
+                request_id,
+                plan.charges,
+                requested_output=plan.requested_output,
+                min_output=plan.min_output,
+                now=now,
+                hold_until=now + self.hold_seconds,
+            )
+        if not outcome.granted:
+            raise quota_exceeded(team, plan, outcome, now)
+        return Reservation(
+            team=team,
+            request_id=request_id,
+            plan=plan,
+            output=outcome.output,
+            store=store,
+            reserved=reserved_amounts(plan, outcome.output),
+            headers=rate_limit_headers(plan, outcome.remaining, now),
+        )
+
+    async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:
+        """Charge real usage; with no usage, keep the reservation as charged (never
+        under-count), unless ``release`` says the upstream produced nothing."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        if reservation.store is None:
+            return
+        if release:
+            actual = [0] * len(reservation.reserved)
+        elif usage is None:
+            actual = list(reservation.reserved)
+        else:
+            actual = actual_amounts(reservation.plan, usage)
+        try:
+            await self._settle(reservation, actual)
+        except StoreError:
+            self.counters.count(self.counters.store_errors, "settle")
+            task = asyncio.get_running_loop().create_task(self._retry(reservation, actual))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _settle(self, reservation: Reservation, actual: list[int]) -> None:
+        assert reservation.store is not None
+        await reservation.store.settle(
+            reservation.team,
+            reservation.request_id,
+            reservation.plan.charges,
+            reservation.reserved,
+            actual,
+            now=self.clock(),
+        )
+
+    async def _retry(self, reservation: Reservation, actual: list[int]) -> None:
+        for delay in SETTLE_RETRY_DELAYS_SECONDS:
+            await asyncio.sleep(delay)
+            try:
+                await self._settle(reservation, actual)
+                return
+            except StoreError:
+                continue
+        self.counters.lost_settlements += 1
+        log.error(
+            "quota settlement lost",
+            extra={"team": reservation.team, "request_id": reservation.request_id},
+        )
+
+    async def usage(self, team: str, rules: list[QuotaRule]) -> list[RuleUsage]:
+        now = self.clock()
+        windows = [window_at(rule.window, now) for rule in rules]
+        charges = [
+            WindowCharge(
+                key=keys.window_key(rule.metric, rule.window, rule.models, window.label),
+                limit=rule.limit,
+                fixed=0,
+                per_output=0,
+                expires_at=window.end,
+            )
+            for rule, window in zip(rules, windows, strict=True)
+        ]
+        try:
+            found: list[WindowUsage] = await self.store.peek(team, charges, now=now)
+        except StoreError:
+            self.counters.count(self.counters.store_errors, "peek")
+            found = await self.local.peek(team, charges, now=now)
+        return [
+            RuleUsage(rule, u.used, u.reserved, w.start, w.end)
+            for rule, u, w in zip(rules, found, windows, strict=True)
+        ]
+
+    async def drain(self) -> None:
+        """Wait for background settlement retries (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

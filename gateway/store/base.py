@@ -1,0 +1,88 @@
+"""The quota store interface and the values that cross it.
+
+A window counter holds two numbers: ``used`` (settled usage) and ``reserved`` (the sum of open
+reservations). Each reservation is also recorded on its own, with a hold-until time, so that a
+reservation whose replica died stops counting once that time has passed: every store call
+first purges the team's expired reservations.
+
+Reservations are charged to the window they were admitted in, even if they settle after it
+ended: the request was admitted against that window's budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered badly; callers decide what that means."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCharge:
+    """What a request asks of one window of one rule.
+
+    The amount reserved is ``fixed + per_output * output``, where ``output`` is the per-choice
+    output budget granted to the request (the same for every window of the request).
+    """
+
+    key: str  # the window's identity within the team (built by gateway.store.keys)
+    limit: int
+    fixed: int
+    per_output: int
+    expires_at: float  # when the window's counter may be dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveOutcome:
+    granted: bool
+    output: int  # per-choice output budget granted (<= requested)
+    blocked: int | None  # index of the charge that refused or bound the request
+    remaining: tuple[
+        int, ...
+    ]  # per charge: what is left after this reservation (before, if refused)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    used: int
+    reserved: int
+
+
+class QuotaStore(Protocol):
+    async def reserve(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        *,
+        requested_output: int,
+        min_output: int,
+        now: float,
+        hold_until: float,
+    ) -> ReserveOutcome:
+        """Check every charge and reserve in all of them, or in none."""
+        ...
+
+    async def settle(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> None:
+        """Replace the request's reservation by what it really used, in one step."""
+        ...
+
+    async def peek(
+        self, team: str, charges: Sequence[WindowCharge], *, now: float
+    ) -> list[WindowUsage]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

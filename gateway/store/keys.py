@@ -1,0 +1,42 @@
+"""Every Redis key the gateway writes, built in one place.
+
+A team's keys share the hash tag ``{team}``, so they live in one Redis Cluster slot and one
+Lua script may touch all of them. Keys carry no limit value, so changing a limit (and
+reloading) never resets what was used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def scope_id(models: list[str] | None) -> str:
+    """A short, stable name for a rule's model scope."""
+    if not models:
+        return "all"
+    return hashlib.sha256("\n".join(sorted(models)).encode()).hexdigest()[:12]
+
+
+def window_key(metric: str, window: str, models: list[str] | None, window_label: str) -> str:
+    """A window's identity within a team (the store adds prefix and team)."""
+    return f"{metric}:{window}:{scope_id(models)}:{window_label}"
+
+
+def team_prefix(prefix: str, team: str) -> str:
+    return f"{prefix}:{{{team}}}"
+
+
+def quota_counter(prefix: str, team: str, key: str) -> str:
+    return f"{team_prefix(prefix, team)}:q:{key}"
+
+
+def reservation_index(prefix: str, team: str) -> str:
+    return f"{team_prefix(prefix, team)}:resv"
+
+
+def reservation_record_prefix(prefix: str, team: str) -> str:
+    return f"{team_prefix(prefix, team)}:resv:"
+
+
+def reservation_record(prefix: str, team: str, request_id: str) -> str:
+    return reservation_record_prefix(prefix, team) + request_id

@@ -1,0 +1,147 @@
+"""The embedded quota store: the Redis store's semantics for one process, in memory.
+
+Used when no Redis is configured, and as the ``local`` fallback while Redis is unreachable.
+It mirrors the Lua scripts step for step (purge, check all, reserve all or none; settle
+replaces the reservation), and the same behavioural tests run against both. Every method runs
+without awaiting, so each call is atomic on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.store.base import ReserveOutcome, WindowCharge, WindowUsage
+
+
+@dataclass(slots=True)
+class _Counter:
+    used: int = 0
+    reserved: int = 0
+    expires_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Reservation:
+    hold_until: float
+    amounts: dict[str, int] = field(default_factory=dict)
+
+
+_SWEEP_INTERVAL_SECONDS = 60.0
+
+
+class MemoryQuotaStore:
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str], _Counter] = {}
+        self._reservations: dict[str, dict[str, _Reservation]] = {}
+        self._next_sweep = 0.0
+
+    def _counter(self, team: str, key: str, now: float) -> _Counter | None:
+        counter = self._counters.get((team, key))
+        if counter is not None and counter.expires_at <= now:
+            del self._counters[(team, key)]
+            return None
+        return counter
+
+    def _purge(self, team: str, now: float) -> None:
+        if now >= self._next_sweep:
+            # Past windows are never looked up again; drop them so memory stays bounded.
+            self._next_sweep = now + _SWEEP_INTERVAL_SECONDS
+            for key in [k for k, c in self._counters.items() if c.expires_at <= now]:
+                del self._counters[key]
+        open_ = self._reservations.get(team)
+        if not open_:
+            return
+        for rid in [rid for rid, resv in open_.items() if resv.hold_until <= now]:
+            resv = open_.pop(rid)
+            for counter_key, amount in resv.amounts.items():
+                counter = self._counter(team, counter_key, now)
+                if counter is not None:
+                    counter.reserved -= amount
+
+    async def reserve(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        *,
+        requested_output: int,
+        min_output: int,
+        now: float,
+        hold_until: float,
+    ) -> ReserveOutcome:
+        self._purge(team, now)
+        minimum = min(min_output, requested_output)
+        output = requested_output
+        binding: int | None = None
+        remaining: list[int] = []
+        for i, charge in enumerate(charges):
+            counter = self._counter(team, charge.key, now)
+            left = charge.limit - (counter.used + counter.reserved if counter else 0)
+            remaining.append(left)
+            if left < charge.fixed:
+                remaining += [0] * (len(charges) - len(remaining))
+                return ReserveOutcome(False, 0, i, tuple(remaining))
+            if charge.per_output > 0:
+                cap = (left - charge.fixed) // charge.per_output
+                if cap < output:
+                    output, binding = cap, i
+        if output < minimum or output < 0:
+            return ReserveOutcome(False, 0, binding, tuple(remaining))
+        reservation = _Reservation(hold_until)
+        after: list[int] = []
+        for charge, left in zip(charges, remaining, strict=True):
+            amount = charge.fixed + charge.per_output * output
+            counter = self._counter(team, charge.key, now)
+            if counter is None:
+                counter = self._counters[(team, charge.key)] = _Counter()
+            counter.expires_at = charge.expires_at
+            if amount > 0:
+                counter.reserved += amount
+                reservation.amounts[charge.key] = amount
+            after.append(left - amount)
+        if reservation.amounts:
+            self._reservations.setdefault(team, {})[request_id] = reservation
+        return ReserveOutcome(True, output, binding, tuple(after))
+
+    async def settle(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> None:
+        is_open = self._reservations.get(team, {}).pop(request_id, None) is not None
+        for charge, held, used in zip(charges, reserved, actual, strict=True):
+            counter = self._counter(team, charge.key, now)
+            if is_open and held > 0 and counter is not None:
+                counter.reserved -= held
+            if used > 0:
+                if counter is None:
+                    counter = self._counters[(team, charge.key)] = _Counter()
+                counter.used += used
+                counter.expires_at = charge.expires_at
+
+    async def peek(
+        self, team: str, charges: Sequence[WindowCharge], *, now: float
+    ) -> list[WindowUsage]:
+        self._purge(team, now)
+        out = []
+        for charge in charges:
+            counter = self._counter(team, charge.key, now)
+            out.append(
+                WindowUsage(counter.used, counter.reserved) if counter else WindowUsage(0, 0)
+            )
+        return out
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def open_reservations(self, team: str) -> int:
+        return len(self._reservations.get(team, {}))

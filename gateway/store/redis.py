@@ -1,0 +1,141 @@
+"""The Redis quota store: one Lua script per decision, called by SHA.
+
+redis-py's ``Script`` objects call EVALSHA and reload the script on NOSCRIPT (a restarted or
+failed-over Redis), so each decision is one round trip. Every Redis failure or timeout is
+raised as ``StoreError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.store import keys
+from gateway.store.base import ReserveOutcome, StoreError, WindowCharge, WindowUsage
+
+
+def _script_source(name: str, *, with_purge: bool = False) -> str:
+    lua = resources.files("gateway.store") / "lua"
+    source = (lua / name).read_text(encoding="utf-8")
+    if with_purge:
+        source = (lua / "purge_expired.lua").read_text(encoding="utf-8") + "\n" + source
+    return source
+
+
+def connect(url: str, *, timeout_seconds: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class RedisQuotaStore:
+    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._reserve = client.register_script(
+            _script_source("reserve_tokens.lua", with_purge=True)
+        )
+        self._settle = client.register_script(_script_source("settle_tokens.lua"))
+        self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
+
+    def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:
+        return [keys.quota_counter(self._prefix, team, c.key) for c in charges]
+
+    async def _call(self, script: Any, keys_: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys_, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+
+    async def reserve(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        *,
+        requested_output: int,
+        min_output: int,
+        now: float,
+        hold_until: float,
+    ) -> ReserveOutcome:
+        args: list[Any] = [
+            _ms(now),
+            _ms(hold_until),
+            requested_output,
+            min_output,
+            keys.reservation_record_prefix(self._prefix, team),
+            request_id,
+        ]
+        for charge in charges:
+            args += [charge.limit, charge.fixed, charge.per_output, _ms(charge.expires_at)]
+        reply = await self._call(
+            self._reserve,
+            [
+                keys.reservation_index(self._prefix, team),
+                keys.reservation_record(self._prefix, team, request_id),
+                *self._counters(team, charges),
+            ],
+            args,
+        )
+        granted, output, blocked, *remaining = (int(v) for v in reply)
+        return ReserveOutcome(
+            granted=bool(granted),
+            output=output,
+            blocked=blocked - 1 if blocked else None,
+            remaining=tuple(remaining),
+        )
+
+    async def settle(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> None:
+        args: list[Any] = [request_id]
+        for charge, held, used in zip(charges, reserved, actual, strict=True):
+            args += [held, used, _ms(charge.expires_at)]
+        await self._call(
+            self._settle,
+            [
+                keys.reservation_index(self._prefix, team),
+                keys.reservation_record(self._prefix, team, request_id),
+                *self._counters(team, charges),
+            ],
+            args,
+        )
+
+    async def peek(
+        self, team: str, charges: Sequence[WindowCharge], *, now: float
+    ) -> list[WindowUsage]:
+        reply = await self._call(
+            self._peek,
+            [keys.reservation_index(self._prefix, team), *self._counters(team, charges)],
+            [_ms(now), keys.reservation_record_prefix(self._prefix, team)],
+        )
+        values = [int(v) for v in reply]
+        return [WindowUsage(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
