@@ -39,8 +39,8 @@ GatewayFactory = Callable[..., Any]
 async def make_gateway(upstream: MockUpstream) -> AsyncIterator[GatewayFactory]:
     started: list[RunningGateway] = []
 
-    async def factory(**sections: Any) -> RunningGateway:
-        gw = await start_gateway(base_config(upstream.url, **sections))
+    async def factory(*, clock: Any = None, **sections: Any) -> RunningGateway:
+        gw = await start_gateway(base_config(upstream.url, **sections), clock=clock)
         started.append(gw)
         return gw
 

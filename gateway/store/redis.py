@@ -26,14 +26,18 @@ def _script_source(name: str, *, with_purge: bool = False) -> str:
     return source
 
 
-def connect(url: str, *, timeout_seconds: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+def connect(url: str, *, timeout_seconds: float, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose pool makes callers wait (bounded) for a free connection under bursts,
+    instead of failing them or opening unbounded connections."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_seconds,
         socket_timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         health_check_interval=30,
-        retry_on_timeout=False,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def _ms(seconds: float) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +60,12 @@ class RunningGateway:
         await self.runner.cleanup()
 
 
-async def start_gateway(data: Mapping[str, Any]) -> RunningGateway:
+async def start_gateway(
+    data: Mapping[str, Any], *, clock: Callable[[], float] | None = None
+) -> RunningGateway:
     config = parse_config(dict(data), source="<test>", env={})
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2)
+    app = create_app(config, clock=clock) if clock is not None else create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -1,0 +1,167 @@
+"""Several gateway processes on one Redis: caps hold across replicas, and a killed replica's
+reservation stops counting once its hold expires."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.mock_upstream import MockUpstream
+from gateway.store import keys
+from tests.support.gateway_proc import base_config, token
+from tests.support.gateway_subprocess import GatewayProcess
+from tests.support.redis_proc import RedisProcess
+from tests.test_quota_gateway import MESSAGES, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def replica_config(
+    upstream: MockUpstream, redis_server: RedisProcess, prefix: str, **upstream_extra: Any
+) -> dict[str, Any]:
+    return base_config(
+        upstream.url,
+        upstream={**upstream_extra},
+        store={"redis_url": redis_server.url, "key_prefix": prefix},
+        teams={
+            "ml": {"quotas": [{"metric": "completion_tokens", "limit": 10_000, "window": "day"}]}
+        },
+        logging={"level": "WARNING", "access_log": False},
+    )
+
+
+async def test_three_replicas_share_one_exact_cap(
+    upstream: MockUpstream, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    prefix = "r" + uuid.uuid4().hex[:8]
+    replicas = [
+        GatewayProcess(replica_config(upstream, redis_server, prefix), tmp_path, f"gw{i}")
+        for i in range(3)
+    ]
+    try:
+        await asyncio.gather(*(r.start() for r in replicas))
+        clients = [
+            openai.AsyncOpenAI(base_url=r.url, api_key=token(), max_retries=0) for r in replicas
+        ]
+
+        async def one(i: int) -> int:
+            client = clients[i % 3]
+            try:
+                if i % 2:
+                    stream = await client.chat.completions.create(
+                        model="gpt-4o-mini",
+                        messages=MESSAGES,
+                        max_completion_tokens=700,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        extra_headers={"x-mock-completion-tokens": "1000"},
+                    )
+                    usage = None
+                    async for chunk in stream:
+                        usage = chunk.usage or usage
+                    return usage.completion_tokens if usage else 0
+                done = await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=MESSAGES,
+                    max_completion_tokens=700,
+                    extra_headers={"x-mock-completion-tokens": "1000"},
+                )
+                return done.usage.completion_tokens if done.usage else 0
+            except openai.RateLimitError:
+                return 0
+
+        received = await asyncio.gather(*(one(i) for i in range(200)))
+        assert 10_000 - 16 <= sum(received) <= 10_000
+        check = aioredis.Redis.from_url(redis_server.url)
+        try:
+            values = [
+                await check.hgetall(k)
+                async for k in check.scan_iter(match=f"{prefix}:{{ml}}:q:completion_tokens:*")
+            ]
+            assert sum(int(v.get(b"used", 0)) for v in values) == sum(received)
+            assert sum(int(v.get(b"reserved", 0)) for v in values) == 0
+        finally:
+            await check.aclose()
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+async def test_killed_replica_reservation_expires(
+    upstream: MockUpstream, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    prefix = "k" + uuid.uuid4().hex[:8]
+    # Hold = total timeout (1 s) + grace (0.5 s): a crash leaks budget for at most 1.5 s.
+    config = replica_config(
+        upstream, redis_server, prefix, total_timeout_seconds=1.0, read_timeout_seconds=1.0
+    )
+    config["store"]["reservation_grace_seconds"] = 0.5
+    doomed, survivor = (
+        GatewayProcess(config, tmp_path, "doomed"),
+        GatewayProcess(config, tmp_path, "survivor"),
+    )
+    check = aioredis.Redis.from_url(redis_server.url)
+    counter_pattern = f"{prefix}:{{ml}}:q:completion_tokens:*"
+
+    async def reserved() -> int:
+        return sum(
+            [
+                int((await check.hgetall(k)).get(b"reserved", 0))
+                async for k in check.scan_iter(match=counter_pattern)
+            ]
+        )
+
+    try:
+        await asyncio.gather(doomed.start(), survivor.start())
+        gate = upstream.gate("crash")
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(
+                doomed.url + "/chat/completions",
+                json={
+                    "model": "gpt-4o-mini",
+                    "messages": MESSAGES,
+                    "stream": True,
+                    "max_completion_tokens": 9995,
+                },
+                headers={"Authorization": f"Bearer {token()}", "x-mock-gate": "crash"},
+            )
+            await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+            doomed.kill()  # kill -9 with the request in flight
+            resp.close()
+        gate.release()
+        assert await reserved() == 9995  # 5 left: below the useful minimum
+        assert await check.zcard(keys.reservation_index(prefix, "ml")) == 1
+        survivor_client = openai.AsyncOpenAI(base_url=survivor.url, api_key=token(), max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            await survivor_client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=2000
+            )
+
+        async def expired() -> bool:
+            # Any store call on the team purges expired holds; the usage endpoint is one.
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(
+                    survivor.url + "/gateway/usage", headers={"Authorization": f"Bearer {token()}"}
+                ) as r,
+            ):
+                body = await r.json()
+            return bool(body["rules"][0]["reserved"] == 0)
+
+        await wait_until(expired, within_seconds=10)
+        assert await reserved() == 0
+        done = await survivor_client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=2000
+        )
+        assert done.choices
+    finally:
+        doomed.stop()
+        survivor.stop()
+        await check.aclose()

@@ -1,0 +1,179 @@
+"""One behavioural suite, run against the Redis store (a real redis-server) and the memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.store import keys
+from gateway.store.base import QuotaStore, WindowCharge
+from gateway.store.memory import MemoryQuotaStore
+from gateway.store.redis import RedisQuotaStore, connect
+from tests.support.redis_proc import RedisProcess
+
+NOW = 1_800_000_000.0
+HOLD = NOW + 100
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
+    if request.param == "memory":
+        yield MemoryQuotaStore()
+        return
+    server: RedisProcess = request.getfixturevalue("redis_server")
+    client = connect(server.url, timeout_seconds=2)
+    yield RedisQuotaStore(client, prefix="t" + uuid.uuid4().hex[:8])
+    await client.aclose()
+
+
+def charge(
+    key: str = "completion_tokens:day:all:1", limit: int = 1000, fixed: int = 0, per: int = 1
+) -> WindowCharge:
+    return WindowCharge(key=key, limit=limit, fixed=fixed, per_output=per, expires_at=NOW + 86400)
+
+
+async def reserve(
+    store: QuotaStore,
+    rid: str,
+    charges: list[WindowCharge],
+    want: int,
+    minimum: int = 1,
+    now: float = NOW,
+    hold: float = HOLD,
+):
+    return await store.reserve(
+        "team", rid, charges, requested_output=want, min_output=minimum, now=now, hold_until=hold
+    )
+
+
+async def state(
+    store: QuotaStore, charges: list[WindowCharge], now: float = NOW
+) -> list[tuple[int, int]]:
+    return [(u.used, u.reserved) for u in await store.peek("team", charges, now=now)]
+
+
+async def test_reserve_grants_what_fits_and_clamps_the_rest(store: QuotaStore) -> None:
+    c = [charge(limit=1000)]
+    first = await reserve(store, "a", c, 700)
+    assert first.granted and first.output == 700 and first.remaining == (300,)
+    second = await reserve(store, "b", c, 700)
+    assert second.granted and second.output == 300 and second.blocked == 0
+    assert second.remaining == (0,)
+    assert await state(store, c) == [(0, 1000)]
+
+
+async def test_refuses_below_the_useful_minimum(store: QuotaStore) -> None:
+    c = [charge(limit=100)]
+    assert (await reserve(store, "a", c, 95)).granted
+    refused = await reserve(store, "b", c, 50, minimum=16)
+    assert not refused.granted and refused.blocked == 0 and refused.remaining == (5,)
+    assert await state(store, c) == [(0, 95)]
+
+
+async def test_all_or_nothing_across_windows(store: QuotaStore) -> None:
+    tokens = charge("completion_tokens:day:all:1", limit=1000)
+    requests = charge("requests:minute:all:1", limit=1, fixed=1, per=0)
+    assert (await reserve(store, "a", [tokens, requests], 100)).granted
+    refused = await reserve(store, "b", [tokens, requests], 100)
+    assert not refused.granted and refused.blocked == 1
+    assert await state(store, [tokens, requests]) == [(0, 100), (0, 1)]
+
+
+async def test_choices_multiply_the_output_reservation(store: QuotaStore) -> None:
+    c = [charge(limit=1000, per=3)]
+    outcome = await reserve(store, "a", c, 500)
+    assert outcome.output == 333 and outcome.remaining == (1,)
+
+
+async def test_settle_replaces_the_reservation_by_real_usage(store: QuotaStore) -> None:
+    c = [charge(limit=1000)]
+    await reserve(store, "a", c, 600)
+    await store.settle("team", "a", c, [600], [123], now=NOW)
+    assert await state(store, c) == [(123, 0)]
+    # Settling twice (a retry after a lost reply) never releases budget twice.
+    await store.settle("team", "a", c, [600], [0], now=NOW)
+    assert await state(store, c) == [(123, 0)]
+
+
+async def test_release_frees_everything(store: QuotaStore) -> None:
+    c = [charge(limit=1000)]
+    await reserve(store, "a", c, 600)
+    await store.settle("team", "a", c, [600], [0], now=NOW)
+    assert await state(store, c) == [(0, 0)]
+
+
+async def test_expired_reservation_stops_counting_and_late_settle_still_charges(
+    store: QuotaStore,
+) -> None:
+    c = [charge(limit=1000)]
+    await reserve(store, "dead", c, 900, hold=NOW + 10)
+    assert await state(store, c, now=NOW + 9) == [(0, 900)]
+    assert await state(store, c, now=NOW + 11) == [(0, 0)]
+    granted = await reserve(store, "next", c, 900, now=NOW + 11, hold=NOW + 50)
+    assert granted.output == 900
+    # The "dead" replica settles late: usage is charged; the purged hold is not freed twice.
+    await store.settle("team", "dead", c, [900], [50], now=NOW + 12)
+    assert await state(store, c, now=NOW + 12) == [(50, 900)]
+
+
+async def test_limit_change_keeps_usage(store: QuotaStore) -> None:
+    await reserve(store, "a", [charge(limit=100)], 60)
+    await store.settle("team", "a", [charge(limit=100)], [60], [60], now=NOW)
+    raised = await reserve(store, "b", [charge(limit=200)], 1000)
+    assert raised.output == 140
+
+
+async def test_concurrent_reserves_never_exceed_the_limit(store: QuotaStore) -> None:
+    c = [charge(limit=10_000)]
+    outcomes = await asyncio.gather(
+        *(reserve(store, f"r{i}", c, 500, minimum=16) for i in range(200))
+    )
+    granted = sum(o.output for o in outcomes if o.granted)
+    assert granted == 10_000
+    assert sum(1 for o in outcomes if o.granted) == 20
+
+
+async def test_redis_keys_share_the_team_hash_tag(redis_server: RedisProcess) -> None:
+    prefix = "h" + uuid.uuid4().hex[:8]
+    client = connect(redis_server.url, timeout_seconds=2)
+    store = RedisQuotaStore(client, prefix=prefix)
+    c = [charge("completion_tokens:day:all:1"), charge("requests:minute:all:1", fixed=1, per=0)]
+    await store.reserve(
+        "ml", "x", c, requested_output=10, min_output=1, now=NOW, hold_until=NOW + 50
+    )
+    found = sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}:*")])
+    assert found and all("{ml}" in k for k in found)
+    assert keys.reservation_index(prefix, "ml") in found
+    counter = keys.quota_counter(prefix, "ml", "completion_tokens:day:all:1")
+    assert await client.hgetall(counter) == {b"reserved": b"10"}
+    assert await client.pttl(counter) > 0
+    await client.aclose()
+
+
+async def test_scripts_reload_after_script_flush(redis_server: RedisProcess) -> None:
+    client = connect(redis_server.url, timeout_seconds=2)
+    store = RedisQuotaStore(client, prefix="f" + uuid.uuid4().hex[:8])
+    c = [charge(limit=100)]
+    await reserve(store, "a", c, 10)
+    await client.script_flush()
+    assert (await reserve(store, "b", c, 10)).granted
+    await client.aclose()
+
+
+async def test_unreachable_redis_raises_store_error(tmp_path) -> None:
+    from gateway.store.base import StoreError
+    from tests.support.redis_proc import free_port
+
+    proc = RedisProcess(port=free_port(), workdir=tmp_path)
+    proc.start()
+    client: aioredis.Redis = connect(proc.url, timeout_seconds=0.5)
+    store = RedisQuotaStore(client, prefix="down")
+    assert (await reserve(store, "a", [charge()], 10)).granted
+    proc.stop()
+    with pytest.raises(StoreError):
+        await reserve(store, "b", [charge()], 10)
+    await client.aclose()
