@@ -86,6 +86,72 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    config = _load_or_exit(_config_path(args.config))
+    if config.store.redis_url is None:
+        print(
+            "error: no store.redis_url: the embedded store lives inside the gateway process; "
+            "ask it with GET /v1/gateway/usage",
+            file=sys.stderr,
+        )
+        return 1
+    if args.team is not None and args.team not in config.teams:
+        print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
+        return 1
+    rows = asyncio.run(_usage_rows(config, [args.team] if args.team else list(config.teams)))
+    if rows is None:
+        print("error: the quota store is unreachable", file=sys.stderr)
+        return 1
+    header = (
+        "TEAM",
+        "METRIC",
+        "WINDOW",
+        "MODELS",
+        "LIMIT",
+        "USED",
+        "RESERVED",
+        "REMAINING",
+        "RESETS",
+    )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[object, ...]] | None:
+    from gateway.app import build_quota_store
+    from gateway.handlers import usage_entry
+    from gateway.quota.service import QuotaService
+    from gateway.errors import StoreUnavailableError
+
+    store = build_quota_store(config)
+    service = QuotaService(store, on_error="closed", hold_seconds=0)
+    rows: list[tuple[object, ...]] = []
+    try:
+        for team in teams:
+            for usage in await service.usage(team, config.quota_rules(team)):
+                entry = usage_entry(usage)
+                rows.append(
+                    (
+                        team,
+                        entry["metric"],
+                        entry["window"],
+                        ",".join(entry["models"] or ["*"]),
+                        entry["limit"],
+                        entry["used"],
+                        entry["reserved"],
+                        entry["remaining"],
+                        entry["resets_at"],
+                    )
+                )
+    except StoreUnavailableError:
+        return None
+    finally:
+        await store.close()
+    return rows
+
+
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from gateway.mock_upstream import run_mock_upstream
 
@@ -230,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("config-schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_config_schema)
+
+    usage = sub.add_parser("usage", help="print each team's quota use from the store")
+    usage.add_argument("--team")
+    usage.add_argument("--config")
+    usage.set_defaults(func=cmd_usage)
 
     mock = sub.add_parser("mock-upstream", help="run the OpenAI-compatible mock server")
     mock.add_argument("--host", default="127.0.0.1")

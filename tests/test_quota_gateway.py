@@ -415,3 +415,51 @@ async def test_redis_outage_follows_on_error_and_recovers(
             await check.aclose()
     finally:
         proc.stop()
+
+
+async def test_usage_cli_prints_the_same_numbers(
+    make_gateway, redis_server: RedisProcess, tmp_path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.gateway_subprocess import ROOT
+
+    rules = [{"metric": "completion_tokens", "limit": 1000, "window": "day"}]
+    gw = await make_gateway(store=store_section(redis_server), teams=teams(rules))
+    await sdk(gw).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=100
+    )
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "upstream": {"api_key": "sk-x"},
+                "auth": {"hs_secret": "s" * 40},
+                "store": {"redis_url": redis_server.url, "key_prefix": gw.config.store.key_prefix},
+                "teams": teams(rules),
+            }
+        )
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "usage", "--config", str(config), "--team", "ml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.split()[:8] == [
+        "TEAM",
+        "METRIC",
+        "WINDOW",
+        "MODELS",
+        "LIMIT",
+        "USED",
+        "RESERVED",
+        "REMAINING",
+    ]
+    assert row.split()[:8] == ["ml", "completion_tokens", "day", "*", "1000", "12", "0", "988"]

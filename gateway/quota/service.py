@@ -206,6 +206,8 @@ class QuotaService:
             found: list[WindowUsage] = await self.store.peek(team, charges, now=now)
         except StoreError:
             self.counters.count(self.counters.store_errors, "peek")
+            if self.on_error == "closed":
+                raise StoreUnavailableError("Quota store unavailable.") from None
             found = await self.local.peek(team, charges, now=now)
         return [
             RuleUsage(rule, u.used, u.reserved, w.start, w.end)
