@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import json_codec
 from gateway.auth import Authenticator, JwksCache
 from gateway.config import GatewayConfig
 from gateway.errors import (
+    AuthenticationError,
     GatewayError,
     InternalError,
     InvalidRequestError,
@@ -30,6 +35,7 @@ from gateway.handlers import (
     handle_usage,
     new_request_id,
 )
+from gateway.metrics import Metrics, QuotaSample
 from gateway.proxy import Upstream
 from gateway.quota.service import QuotaService
 from gateway.store.base import QuotaStore, StoreError
@@ -99,6 +105,63 @@ def _json(obj: object, status: int = 200) -> web.Response:
     return web.Response(body=json_codec.dumps(obj), status=status, content_type="application/json")
 
 
+def make_metrics_handler(gateway: web.Application) -> Handler:
+    """prometheus-client's aiohttp handler, behind an optional bearer token, with the quota
+    gauges refreshed from the store first (at most every ``quota_refresh_seconds``)."""
+    last_refresh = [0.0]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = gateway[STATE]
+        token = state.config.metrics.bearer_token
+        if token is not None:
+            sent = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
+                return error_response(
+                    AuthenticationError("Metrics require a bearer token."), new_request_id()
+                )
+        now = time.monotonic()
+        if now - last_refresh[0] >= state.config.metrics.quota_refresh_seconds:
+            last_refresh[0] = now
+            await refresh_quota_gauges(state)
+        return await make_aiohttp_handler(state.metrics.registry)(request)
+
+    return handler
+
+
+async def refresh_quota_gauges(state: GatewayState) -> None:
+    """One store call per team with rules, bounded in time; on trouble the last values stay."""
+    samples: list[QuotaSample] = []
+    try:
+        async with asyncio.timeout(2.0):
+            for team in state.config.teams:
+                rules = state.config.quota_rules(team)
+                if not rules:
+                    continue
+                for usage in await state.quotas.usage(team, rules):
+                    rule = usage.rule
+                    samples.append(
+                        QuotaSample(
+                            team=team,
+                            metric=rule.metric,
+                            window=rule.window,
+                            scope=",".join(rule.models) if rule.models else "*",
+                            limit=rule.limit,
+                            used=usage.used,
+                            reserved=usage.reserved,
+                        )
+                    )
+    except (GatewayError, TimeoutError):
+        return
+    state.metrics.quota.samples = samples
+
+
+def create_metrics_app(gateway: web.Application) -> web.Application:
+    """A tiny app serving only /metrics, for ``metrics.port``."""
+    app = web.Application()
+    app.router.add_get("/metrics", make_metrics_handler(gateway))
+    return app
+
+
 def build_quota_store(config: GatewayConfig) -> QuotaStore:
     if config.store.redis_url is None:
         return MemoryQuotaStore()
@@ -114,6 +177,7 @@ def create_app(
     upstream_session: aiohttp.ClientSession | None = None,
     quota_store: QuotaStore | None = None,
     clock: Callable[[], float] = time.time,
+    registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """Build the gateway. Tests pass their own objects instead of monkeypatching."""
     app = web.Application(
@@ -121,6 +185,8 @@ def create_app(
     )
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    if config.metrics.enabled and config.metrics.port is None:
+        app.router.add_get("/metrics", make_metrics_handler(app))
     app.router.add_get("/v1/gateway/usage", handle_usage)
     app.router.add_get("/gateway/usage", handle_usage)
     app.router.add_route("*", "/{tail:.*}", handle_proxy)
@@ -136,18 +202,22 @@ def create_app(
                 min_refresh_interval_seconds=config.auth.jwks_min_refresh_interval_seconds,
             )
         store = quota_store or build_quota_store(config)
+        metrics = Metrics(registry)
+        metrics.configure(config)
         quotas = QuotaService(
             store,
             on_error=config.store.on_error,
             hold_seconds=config.upstream.total_timeout_seconds
             + config.store.reservation_grace_seconds,
             clock=clock,
+            metrics=metrics,
         )
         app[STATE] = GatewayState(
             config=config,
             authenticator=Authenticator(config.auth, jwks=jwks),
             upstream=Upstream(config.upstream, session),
             quotas=quotas,
+            metrics=metrics,
         )
         yield
         await quotas.drain()

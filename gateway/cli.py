@@ -121,9 +121,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[object, ...]] | None:
     from gateway.app import build_quota_store
+    from gateway.errors import StoreUnavailableError
     from gateway.handlers import usage_entry
     from gateway.quota.service import QuotaService
-    from gateway.errors import StoreUnavailableError
 
     store = build_quota_store(config)
     service = QuotaService(store, on_error="closed", hold_seconds=0)
@@ -168,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(config_path: str, with_mock: bool) -> None:
-    from gateway.app import create_app
+    from gateway.app import create_app, create_metrics_app
 
     runners: list[web.AppRunner] = []
     env = dict(os.environ)
@@ -193,6 +193,11 @@ async def _serve(config_path: str, with_mock: bool) -> None:
     runners.append(runner)
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
+    if config.metrics.enabled and config.metrics.port is not None:
+        metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
+        await metrics_runner.setup()
+        runners.insert(0, metrics_runner)
+        await web.TCPSite(metrics_runner, config.server.host, config.metrics.port).start()
     log.info(
         "gateway started",
         extra={

@@ -168,6 +168,23 @@ class ServerConfig(_Model):
     )
 
 
+class MetricsConfig(_Model):
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics at /metrics.")
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this separate port (unset: on the API port).",
+    )
+    bearer_token: SecretStr | None = Field(
+        default=None, description="When set, /metrics requires 'Authorization: Bearer <token>'."
+    )
+    quota_refresh_seconds: PositiveSeconds = Field(
+        default=5.0,
+        description="Quota gauges are read from the store at scrape time, at most this often.",
+    )
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = Field(default=True, description="One JSON line per proxied request.")
@@ -323,6 +340,7 @@ class GatewayConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     defaults: QuotaDefaults = Field(default_factory=QuotaDefaults)
     models: list[ModelProfile] = Field(
         default_factory=_default_model_profiles,

@@ -106,6 +106,7 @@ class QuotaExceededError(GatewayError):
     status = 429
     type = "tokens"
     code = "rate_limit_exceeded"
+    metric: str | None = None  # the quota metric that refused, for metrics
 
 
 class InternalError(GatewayError):

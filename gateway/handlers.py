@@ -38,13 +38,15 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     PermissionDeniedError,
+    QuotaExceededError,
     RequestTooLargeError,
 )
 from gateway.log import ACCESS_LOGGER
+from gateway.metrics import Metrics
 from gateway.proxy import Upstream, client_response_headers, upstream_request_headers
 from gateway.quota.policy import enforce_effort, plan_request
 from gateway.quota.service import QuotaService, Reservation, RuleUsage
-from gateway.relay import StreamEnd, relay_raw, relay_sse, upstream_read_error
+from gateway.relay import RelayResult, StreamEnd, relay_raw, relay_sse, upstream_read_error
 from gateway.sse import StreamMeter
 
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -60,6 +62,7 @@ class GatewayState:
     authenticator: Authenticator
     upstream: Upstream
     quotas: QuotaService
+    metrics: Metrics
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway.state", GatewayState)
@@ -83,7 +86,45 @@ class Exchange:
     upstream_seconds: float | None = None
     usage: Usage | None = None
     released: bool = False  # the upstream produced nothing billable
+    cache: str = "none"  # hit | miss | bypass | none (not cacheable)
+    first_byte_seconds: float | None = None  # streams: request start to first body bytes
+    upstream_error: str | None = None  # connect | timeout | status_4xx | status_5xx | stream_cut
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, metrics: Metrics) -> None:
+        """Metrics for a finished request; labels are folded to bounded sets here."""
+        team = self.team or "unauthenticated"
+        model = metrics.model_label(self.model)
+        endpoint = self.api.value
+        metrics.requests.labels(
+            team=team,
+            model=model,
+            endpoint=endpoint,
+            status_class=f"{self.status // 100}xx",
+            cache=self.cache,
+        ).inc()
+        total = time.perf_counter() - self.started
+        metrics.duration.labels(endpoint=endpoint).observe(total)
+        if self.upstream_seconds is not None:
+            metrics.upstream_duration.labels(endpoint=endpoint).observe(self.upstream_seconds)
+            metrics.overhead.labels(endpoint=endpoint).observe(
+                max(0.0, total - self.upstream_seconds)
+            )
+        if self.first_byte_seconds is not None:
+            metrics.time_to_first_byte.labels(endpoint=endpoint).observe(self.first_byte_seconds)
+        if self.upstream_error is not None:
+            metrics.upstream_errors.labels(kind=self.upstream_error).inc()
+        usage = self.usage
+        if usage is not None:
+            counter = metrics.saved_tokens if self.cache == "hit" else metrics.tokens
+            for kind, value in (
+                ("prompt", usage.prompt_tokens),
+                ("cached_prompt", usage.cached_prompt_tokens),
+                ("completion", usage.completion_tokens),
+                ("reasoning", usage.reasoning_tokens),
+            ):
+                if value:
+                    counter.labels(team=team, model=model, kind=kind).inc(value)
 
     def log(self) -> None:
         usage = self.usage
@@ -144,6 +185,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         method=request.method,
         path=request.rel_url.raw_path,
     )
+    state.metrics.inflight.inc()
     try:
         response = await _proxy(request, state, config, exchange)
         exchange.status = response.status
@@ -153,6 +195,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         exchange.outcome = type(exc).__name__
         raise
     finally:
+        state.metrics.inflight.dec()
+        exchange.record(state.metrics)
         if config.logging.access_log:
             exchange.log()
 
@@ -259,8 +303,14 @@ async def _reserve(
     )
     if not plan.windows:
         return None
-    reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
+    try:
+        reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
+    except QuotaExceededError as exc:
+        state.metrics.quota_rejections.labels(team=team_name, metric=exc.metric or "").inc()
+        raise
     exchange.extra["reserved_output"] = reservation.output
+    if reservation.clamped_by is not None:
+        state.metrics.quota_clamps.labels(team=team_name, metric=reservation.clamped_by).inc()
     return reservation
 
 
@@ -302,16 +352,18 @@ async def _forward_metered(
         upstream = await state.upstream.send(
             request.method, path, request.rel_url.raw_query_string, headers, payload
         )
-    except GatewayError:
+    except GatewayError as exc:
         exchange.released = True  # nothing reached the upstream model
+        exchange.upstream_error = "timeout" if exc.status == 504 else "connect"
         raise
     try:
         exchange.upstream_request_id = upstream.headers.get("x-request-id")
         response_headers = client_response_headers(upstream.headers)
         response_headers.update(extra_headers)
         _ensure_request_id(response_headers, exchange.request_id)
-        if upstream.status >= 300:
+        if upstream.status >= 400:
             exchange.released = True  # an upstream error produced no tokens
+            exchange.upstream_error = f"status_{upstream.status // 100}xx"
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 300 and content_type.startswith("text/event-stream"):
             client = web.StreamResponse(status=upstream.status, headers=response_headers)
@@ -320,12 +372,12 @@ async def _forward_metered(
             result = await relay_sse(upstream, client, meter)
             exchange.upstream_seconds = time.perf_counter() - sent_at
             exchange.usage = meter.usage
-            if result.end is not StreamEnd.COMPLETE:
-                exchange.outcome = result.end.value
+            _note_stream_end(exchange, result)
             return client
         try:
             data = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
+            exchange.upstream_error = "stream_cut"
             raise upstream_read_error(exc) from None
         exchange.upstream_seconds = time.perf_counter() - sent_at
         if upstream.status < 300:
@@ -358,9 +410,15 @@ async def _passthrough(
             headers["Content-Length"] = str(request.content_length)
         body = _bounded_body(request, limit)
     sent_at = time.perf_counter()
-    upstream = await state.upstream.send(
-        request.method, path, request.rel_url.raw_query_string, headers, body
-    )
+    try:
+        upstream = await state.upstream.send(
+            request.method, path, request.rel_url.raw_query_string, headers, body
+        )
+    except GatewayError as exc:
+        exchange.upstream_error = "timeout" if exc.status == 504 else "connect"
+        raise
+    if upstream.status >= 400:
+        exchange.upstream_error = f"status_{upstream.status // 100}xx"
     try:
         exchange.upstream_request_id = upstream.headers.get("x-request-id")
         response_headers = client_response_headers(upstream.headers)
@@ -371,8 +429,7 @@ async def _passthrough(
         await client.prepare(request)
         result = await relay_raw(request, upstream, client)
         exchange.upstream_seconds = time.perf_counter() - sent_at
-        if result.end is not StreamEnd.COMPLETE:
-            exchange.outcome = result.end.value
+        _note_stream_end(exchange, result)
         return client
     finally:
         upstream.release()
@@ -386,6 +443,15 @@ async def _bounded_body(request: web.Request, limit: int) -> AsyncIterator[bytes
             # Past the limit mid-upload: aborting the upstream request is all that is left.
             raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
         yield chunk
+
+
+def _note_stream_end(exchange: Exchange, result: RelayResult) -> None:
+    if result.first_byte_at is not None:
+        exchange.first_byte_seconds = result.first_byte_at - exchange.started
+    if result.end is not StreamEnd.COMPLETE:
+        exchange.outcome = result.end.value
+        if result.end is StreamEnd.UPSTREAM_CUT:
+            exchange.upstream_error = "stream_cut"
 
 
 def _check_model(team: TeamConfig, team_name: str, info: RequestInfo) -> None:

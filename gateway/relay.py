@@ -9,6 +9,7 @@ for an upstream failure (aiohttp's write-side reset is also a ``ClientConnection
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ class StreamEnd(enum.Enum):
 class RelayResult:
     end: StreamEnd
     bytes_sent: int = 0
+    first_byte_at: float | None = None  # perf_counter() when the first body bytes went out
 
 
 def upstream_read_error(exc: BaseException) -> GatewayError:
@@ -117,6 +119,8 @@ async def _write(client: web.StreamResponse, data: bytes, result: RelayResult) -
         # RuntimeError: aiohttp refuses writes once the transport is closing.
         result.end = StreamEnd.CLIENT_GONE
         return False
+    if result.first_byte_at is None:
+        result.first_byte_at = time.perf_counter()
     result.bytes_sent += len(data)
     return True
 

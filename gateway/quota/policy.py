@@ -223,10 +223,12 @@ def quota_exceeded(
     headers["retry-after-ms"] = str(int(wait * 1000))
     if resets_in > SDK_RETRY_HORIZON_SECONDS:
         headers["x-should-retry"] = "false"
-    return QuotaExceededError(
+    error = QuotaExceededError(
         message,
         type="requests" if rule.metric == "requests" else "tokens",
         code="rate_limit_exceeded",
         param=None,
         headers=headers,
     )
+    error.metric = rule.metric
+    return error

@@ -23,6 +23,7 @@ from typing import Literal
 from gateway.config import QuotaRule
 from gateway.endpoints import Usage
 from gateway.errors import StoreUnavailableError
+from gateway.metrics import Metrics
 from gateway.quota.policy import (
     QuotaPlan,
     actual_amounts,
@@ -50,6 +51,7 @@ class Reservation:
     store: QuotaStore | None  # None: admitted unmetered (store down, on_error=open)
     reserved: list[int]
     headers: dict[str, str] = field(default_factory=dict)
+    clamped_by: str | None = None  # the metric whose window lowered the output budget
     settled: bool = False
 
 
@@ -66,18 +68,6 @@ class RuleUsage:
         return max(0, self.rule.limit - self.used - self.reserved)
 
 
-@dataclass(slots=True)
-class QuotaCounters:
-    """What happened, for metrics and tests (the metrics module reads these)."""
-
-    store_errors: dict[str, int] = field(default_factory=dict)
-    fallbacks: dict[str, int] = field(default_factory=dict)
-    lost_settlements: int = 0
-
-    def count(self, table: dict[str, int], name: str) -> None:
-        table[name] = table.get(name, 0) + 1
-
-
 class QuotaService:
     def __init__(
         self,
@@ -87,13 +77,14 @@ class QuotaService:
         hold_seconds: float,
         clock: Clock = time.time,
         local: MemoryQuotaStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.local = local or (store if isinstance(store, MemoryQuotaStore) else MemoryQuotaStore())
         self.on_error = on_error
         self.hold_seconds = hold_seconds
         self.clock = clock
-        self.counters = QuotaCounters()
+        self.metrics = metrics if metrics is not None else Metrics()
         self._background: set[asyncio.Task[None]] = set()
 
     async def reserve(self, team: str, request_id: str, plan: QuotaPlan) -> Reservation:
@@ -111,13 +102,14 @@ class QuotaService:
                 hold_until=now + self.hold_seconds,
             )
         except StoreError as exc:
-            self.counters.count(self.counters.store_errors, "reserve")
+            self.metrics.store_errors.labels(operation="quota_reserve").inc()
             log.warning("quota store unavailable", extra={"error": str(exc), "mode": self.on_error})
             if self.on_error == "closed":
+                self.metrics.store_fallbacks.labels(mode="closed").inc()
                 raise StoreUnavailableError(
                     "Quota store unavailable; requests are refused until it is back."
                 ) from None
-            self.counters.count(self.counters.fallbacks, self.on_error)
+            self.metrics.store_fallbacks.labels(mode=self.on_error).inc()
             if self.on_error == "open":
                 return Reservation(team, request_id, plan, plan.requested_output, None, [])
             store = self.local
@@ -140,6 +132,11 @@ class QuotaService:
             store=store,
             reserved=reserved_amounts(plan, outcome.output),
             headers=rate_limit_headers(plan, outcome.remaining, now),
+            clamped_by=(
+                plan.windows[outcome.blocked].rule.metric
+                if outcome.blocked is not None and outcome.output < plan.requested_output
+                else None
+            ),
         )
 
     async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:
@@ -159,7 +156,7 @@ class QuotaService:
         try:
             await self._settle(reservation, actual)
         except StoreError:
-            self.counters.count(self.counters.store_errors, "settle")
+            self.metrics.store_errors.labels(operation="quota_settle").inc()
             task = asyncio.get_running_loop().create_task(self._retry(reservation, actual))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -183,7 +180,7 @@ class QuotaService:
                 return
             except StoreError:
                 continue
-        self.counters.lost_settlements += 1
+        self.metrics.store_errors.labels(operation="quota_settle_lost").inc()
         log.error(
             "quota settlement lost",
             extra={"team": reservation.team, "request_id": reservation.request_id},
@@ -205,7 +202,7 @@ class QuotaService:
         try:
             found: list[WindowUsage] = await self.store.peek(team, charges, now=now)
         except StoreError:
-            self.counters.count(self.counters.store_errors, "peek")
+            self.metrics.store_errors.labels(operation="quota_peek").inc()
             if self.on_error == "closed":
                 raise StoreUnavailableError("Quota store unavailable.") from None
             found = await self.local.peek(team, charges, now=now)

@@ -1,0 +1,119 @@
+"""Prometheus metrics as an SRE scrapes them: real gateway, real traffic, parsed exposition."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.gateway_proc import RunningGateway, token
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def scrape(
+    gw: RunningGateway, headers: dict[str, str] | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(gw.root + "/metrics", headers=headers or {}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        text = await resp.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_traffic_shows_up_by_team_model_and_token_kind(make_gateway) -> None:
+    gw = await make_gateway(
+        teams={
+            "ml": {
+                "models": ["o3*", "gpt-4o*", "*"],
+                "quotas": [
+                    {"metric": "completion_tokens", "limit": 100_000, "window": "day"},
+                    {"metric": "requests", "limit": 3, "window": "day", "models": ["gpt-4o*"]},
+                ],
+            }
+        }
+    )
+    client = openai.AsyncOpenAI(base_url=gw.url, api_key=token(), max_retries=0)
+    await client.chat.completions.create(model="o3-mini", messages=MESSAGES)
+    stream = await client.chat.completions.create(model="o3-mini", messages=MESSAGES, stream=True)
+    async for _ in stream:
+        pass
+    await client.chat.completions.create(model="some-unlisted-model", messages=MESSAGES)
+    with pytest.raises(openai.InternalServerError):
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-status": "502"}
+        )
+    for _ in range(3):
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    m = await scrape(gw)
+    ok = {"team": "ml", "endpoint": "chat_completions", "status_class": "2xx", "cache": "none"}
+    assert value(m, "gateway_requests_total", model="o3-mini", **ok) == 2
+    assert value(m, "gateway_requests_total", model="other", **ok) == 1  # unlisted model folded
+    assert (
+        value(m, "gateway_requests_total", model="gpt-4o-mini", **{**ok, "status_class": "4xx"})
+        == 1
+    )
+    assert (
+        value(m, "gateway_requests_total", model="gpt-4o-mini", **{**ok, "status_class": "5xx"})
+        == 1
+    )
+    assert value(m, "gateway_tokens_total", team="ml", model="o3-mini", kind="reasoning") == 32
+    assert value(m, "gateway_tokens_total", team="ml", model="o3-mini", kind="completion") == 56
+    assert value(m, "gateway_quota_rejections_total", team="ml", metric="requests") == 1
+    assert value(m, "gateway_upstream_errors_total", kind="status_5xx") == 1
+    assert (
+        value(m, "gateway_quota_limit", team="ml", metric="requests", window="day", scope="gpt-4o*")
+        == 3
+    )
+    assert (
+        value(m, "gateway_quota_used", team="ml", metric="requests", window="day", scope="gpt-4o*")
+        == 3
+    )
+    assert (
+        value(
+            m,
+            "gateway_quota_remaining",
+            team="ml",
+            metric="requests",
+            window="day",
+            scope="gpt-4o*",
+        )
+        == 0
+    )
+    assert (
+        value(
+            m, "gateway_quota_used", team="ml", metric="completion_tokens", window="day", scope="*"
+        )
+        == 56 + 12 + 36
+    )
+    assert value(m, "gateway_overhead_seconds_count", endpoint="chat_completions") == 7
+    assert (
+        value(m, "gateway_stream_time_to_first_byte_seconds_count", endpoint="chat_completions")
+        == 1
+    )
+    assert value(m, "gateway_inflight_requests") == 0
+    assert value(m, "gateway_build_info", version="0.1.0") == 1
+
+
+async def test_metrics_bearer_token_and_no_secrets(make_gateway) -> None:
+    gw = await make_gateway(metrics={"bearer_token": "metrics-secret-123"})
+    async with aiohttp.ClientSession() as s, s.get(gw.root + "/metrics") as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "invalid_api_key"
+    samples = await scrape(gw, {"Authorization": "Bearer metrics-secret-123"})
+    text = repr(samples)
+    assert "sk-upstream" not in text and "metrics-secret-123" not in text
