@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import json_codec
-from gateway.auth import Authenticator, JwksCache
 from gateway.config import GatewayConfig
 from gateway.errors import (
     AuthenticationError,
@@ -27,17 +26,11 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
     render_body,
 )
-from gateway.handlers import (
-    REQUEST_ID,
-    STATE,
-    GatewayState,
-    handle_proxy,
-    handle_usage,
-    new_request_id,
-)
+from gateway.handlers import REQUEST_ID, handle_proxy, handle_usage, new_request_id
 from gateway.metrics import Metrics, QuotaSample
 from gateway.proxy import Upstream
 from gateway.quota.service import QuotaService
+from gateway.state import STATE, GatewayState
 from gateway.store.base import QuotaStore, StoreError
 from gateway.store.memory import MemoryQuotaStore
 from gateway.store.redis import RedisQuotaStore
@@ -94,6 +87,8 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 async def handle_readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.draining:
+        return _json({"status": "unready", "reason": "shutting down"}, status=503)
     try:
         await state.quotas.store.ping()
     except StoreError:
@@ -193,17 +188,8 @@ def create_app(
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
         session = upstream_session or Upstream.create_session(config.upstream)
-        jwks = None
-        if config.auth.jwks_url is not None:
-            jwks = JwksCache(
-                str(config.auth.jwks_url),
-                lambda: session,
-                cache_seconds=config.auth.jwks_cache_seconds,
-                min_refresh_interval_seconds=config.auth.jwks_min_refresh_interval_seconds,
-            )
         store = quota_store or build_quota_store(config)
         metrics = Metrics(registry)
-        metrics.configure(config)
         quotas = QuotaService(
             store,
             on_error=config.store.on_error,
@@ -213,11 +199,7 @@ def create_app(
             metrics=metrics,
         )
         app[STATE] = GatewayState(
-            config=config,
-            authenticator=Authenticator(config.auth, jwks=jwks),
-            upstream=Upstream(config.upstream, session),
-            quotas=quotas,
-            metrics=metrics,
+            config, session=session, quotas=quotas, metrics=metrics, clock=clock
         )
         yield
         await quotas.drain()

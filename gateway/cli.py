@@ -169,6 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _serve(config_path: str, with_mock: bool) -> None:
     from gateway.app import create_app, create_metrics_app
+    from gateway.reload import ConfigReloader
+    from gateway.state import STATE
 
     runners: list[web.AppRunner] = []
     env = dict(os.environ)
@@ -196,7 +198,7 @@ async def _serve(config_path: str, with_mock: bool) -> None:
     if config.metrics.enabled and config.metrics.port is not None:
         metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
         await metrics_runner.setup()
-        runners.insert(0, metrics_runner)
+        runners.append(metrics_runner)
         await web.TCPSite(metrics_runner, config.server.host, config.metrics.port).start()
     log.info(
         "gateway started",
@@ -210,13 +212,28 @@ async def _serve(config_path: str, with_mock: bool) -> None:
     )
     _print_banner(config, with_mock)
 
+    state = app[STATE]
+    reloader = ConfigReloader(config_path, state, env=env)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    watcher = None
+    if config.server.config_poll_seconds > 0:
+        watcher = loop.create_task(reloader.watch(config.server.config_poll_seconds))
     await stop.wait()
-    log.info("gateway stopping")
-    for r in reversed(runners):
+
+    # Drain: unready first, so load balancers stop sending; then stop listening and give
+    # in-flight requests and streams the grace period (aiohttp's shutdown_timeout).
+    state.draining = True
+    server_config = state.config.server
+    log.info("gateway draining", extra={"grace_seconds": server_config.shutdown_grace_seconds})
+    if watcher is not None:
+        watcher.cancel()
+    if server_config.shutdown_delay_seconds:
+        await asyncio.sleep(server_config.shutdown_delay_seconds)
+    for r in runners:
         await r.cleanup()
     if with_mock:
         await mock.close()

@@ -166,6 +166,15 @@ class ServerConfig(_Model):
     shutdown_grace_seconds: PositiveSeconds = Field(
         default=30.0, description="Time in-flight requests and streams get to finish on SIGTERM."
     )
+    shutdown_delay_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="On SIGTERM, answer /readyz 503 for this long before closing the listener, "
+        "so load balancers stop sending new requests first (Kubernetes: a few seconds).",
+    )
+    config_poll_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="How often to check the config file for changes (0: only on SIGHUP).",
+    )
 
 
 class MetricsConfig(_Model):

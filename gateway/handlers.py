@@ -19,7 +19,6 @@ import aiohttp
 from aiohttp import web
 
 from gateway import json_codec
-from gateway.auth import Authenticator
 from gateway.config import GatewayConfig, ModelProfile, TeamConfig
 from gateway.endpoints import (
     BAD_JSON,
@@ -43,29 +42,16 @@ from gateway.errors import (
 )
 from gateway.log import ACCESS_LOGGER
 from gateway.metrics import Metrics
-from gateway.proxy import Upstream, client_response_headers, upstream_request_headers
+from gateway.proxy import client_response_headers, upstream_request_headers
 from gateway.quota.policy import enforce_effort, plan_request
-from gateway.quota.service import QuotaService, Reservation, RuleUsage
+from gateway.quota.service import Reservation, RuleUsage
 from gateway.relay import RelayResult, StreamEnd, relay_raw, relay_sse, upstream_read_error
 from gateway.sse import StreamMeter
+from gateway.state import STATE, GatewayState
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("gateway.request_id", str)
-
-
-@dataclass(slots=True)
-class GatewayState:
-    """What a request needs, swapped as a whole when the config is reloaded."""
-
-    config: GatewayConfig
-    authenticator: Authenticator
-    upstream: Upstream
-    quotas: QuotaService
-    metrics: Metrics
-
-
-STATE: web.AppKey[GatewayState] = web.AppKey("gateway.state", GatewayState)
 
 
 @dataclass(slots=True)
