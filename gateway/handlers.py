@@ -36,6 +36,7 @@ from gateway.errors import (
     AuthenticationError,
     GatewayError,
     InvalidRequestError,
+    NotFoundError,
     PermissionDeniedError,
     QuotaExceededError,
     RequestTooLargeError,
@@ -205,6 +206,17 @@ async def _proxy(
         )
     api = classify(request.method, path)
     exchange.api = api
+    if request.method == "GET" and path.rstrip("/") == "/models" and team.models != ["*"]:
+        return await _models_for_team(request, state, team, path, exchange)
+    if request.method == "GET" and path.startswith("/models/"):
+        model = unquote(path[len("/models/") :])
+        exchange.model = model
+        if not team.allows_model(model):
+            raise NotFoundError(
+                f"The model '{model}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
     if api is Api.OTHER:
         return await _passthrough(request, state, config, team, path, exchange)
     return await _metered(request, state, config, team, path, api, exchange)
@@ -371,6 +383,40 @@ async def _forward_metered(
         return web.Response(status=upstream.status, body=data, headers=response_headers)
     finally:
         upstream.release()
+
+
+async def _models_for_team(
+    request: web.Request,
+    state: GatewayState,
+    team: TeamConfig,
+    path: str,
+    exchange: Exchange,
+) -> web.StreamResponse:
+    """The model list, narrowed to what the team may use (SDK model pickers show only those)."""
+    headers = upstream_request_headers(request.headers, state.upstream.config, accept_encoding=None)
+    upstream = await state.upstream.send(
+        "GET", path, request.rel_url.raw_query_string, headers, None
+    )
+    try:
+        data = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise upstream_read_error(exc) from None
+    finally:
+        upstream.release()
+    response_headers = client_response_headers(upstream.headers)
+    _ensure_request_id(response_headers, exchange.request_id)
+    if upstream.status == 200:
+        try:
+            listing = json_codec.loads(data)
+            listing["data"] = [
+                m
+                for m in listing["data"]
+                if isinstance(m, dict) and team.allows_model(str(m.get("id", "")))
+            ]
+            data = json_codec.dumps(listing)
+        except (*BAD_JSON, KeyError, AttributeError):  # type: ignore[misc]
+            pass  # not the shape we know: pass it on untouched
+    return web.Response(status=upstream.status, body=data, headers=response_headers)
 
 
 async def _passthrough(

@@ -322,3 +322,13 @@ async def test_access_log_has_usage_and_no_secrets(
         assert record.reasoning_tokens > 0 and record.completion_tokens > record.reasoning_tokens  # type: ignore[attr-defined]
     everything = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert jwt not in everything and UPSTREAM_KEY not in everything and JWT_SECRET not in everything
+
+
+async def test_model_list_shows_only_the_teams_models(gateway: RunningGateway) -> None:
+    everything = {m.id async for m in client(gateway, "ml").models.list()}
+    narrowed = {m.id async for m in client(gateway, "web").models.list()}
+    assert "gpt-4o-mini" in everything and len(everything) > 1
+    assert narrowed == {"gpt-4o-mini"}
+    assert (await client(gateway, "web").models.retrieve("gpt-4o-mini")).id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        await client(gateway, "web").models.retrieve("o3-mini")
