@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import json_codec
+from gateway.cache.backend import CacheBackend, MemoryCacheBackend, RedisCacheBackend
+from gateway.cache.service import CacheService
 from gateway.config import GatewayConfig
 from gateway.errors import (
     AuthenticationError,
@@ -157,20 +159,28 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     return app
 
 
-def build_quota_store(config: GatewayConfig) -> QuotaStore:
+def build_stores(config: GatewayConfig) -> tuple[QuotaStore, CacheBackend]:
+    """Quota store and cache backend: both on one Redis client, or both in memory."""
     if config.store.redis_url is None:
-        return MemoryQuotaStore()
+        return MemoryQuotaStore(), MemoryCacheBackend()
     client = connect_redis(
         config.store.redis_url.get_secret_value(), timeout_seconds=config.store.timeout_seconds
     )
-    return RedisQuotaStore(client, prefix=config.store.key_prefix)
+    quota_store = RedisQuotaStore(client, prefix=config.store.key_prefix)
+    cache = RedisCacheBackend(
+        client, config.store.key_prefix, timeout_seconds=config.store.timeout_seconds
+    )
+    return quota_store, cache
+
+
+def build_quota_store(config: GatewayConfig) -> QuotaStore:
+    return build_stores(config)[0]
 
 
 def create_app(
     config: GatewayConfig,
     *,
     upstream_session: aiohttp.ClientSession | None = None,
-    quota_store: QuotaStore | None = None,
     clock: Callable[[], float] = time.time,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
@@ -188,7 +198,7 @@ def create_app(
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
         session = upstream_session or Upstream.create_session(config.upstream)
-        store = quota_store or build_quota_store(config)
+        store, cache_backend = build_stores(config)
         metrics = Metrics(registry)
         quotas = QuotaService(
             store,
@@ -198,13 +208,14 @@ def create_app(
             clock=clock,
             metrics=metrics,
         )
+        cache = CacheService(cache_backend, metrics, clock=clock)
         app[STATE] = GatewayState(
-            config, session=session, quotas=quotas, metrics=metrics, clock=clock
+            config, session=session, quotas=quotas, cache=cache, metrics=metrics, clock=clock
         )
         yield
         await quotas.drain()
-        if quota_store is None:
-            await store.close()
+        await cache_backend.close()
+        await store.close()
         if upstream_session is None:
             await session.close()
 

@@ -152,6 +152,39 @@ async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[obj
     return rows
 
 
+def cmd_cache_purge(args: argparse.Namespace) -> int:
+    config = _load_or_exit(_config_path(args.config))
+    if config.store.redis_url is None:
+        print(
+            "error: no store.redis_url: the embedded cache lives inside the gateway process "
+            "and empties when it restarts",
+            file=sys.stderr,
+        )
+        return 1
+    if args.team is not None and args.team not in config.teams:
+        print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
+        return 1
+    scope = None if args.team is None else f"team:{args.team}"
+    try:
+        removed = asyncio.run(_purge(config, scope))
+    except Exception as exc:  # a CLI reports any failure in one line
+        print(f"error: purge failed: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(f"removed {removed} cache entries" + (f" of team {args.team}" if args.team else ""))
+    return 0
+
+
+async def _purge(config: GatewayConfig, scope: str | None) -> int:
+    from gateway.app import build_stores
+
+    store, backend = build_stores(config)
+    try:
+        return await backend.purge(scope)
+    finally:
+        await backend.close()
+        await store.close()
+
+
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from gateway.mock_upstream import run_mock_upstream
 
@@ -323,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--team")
     usage.add_argument("--config")
     usage.set_defaults(func=cmd_usage)
+
+    cache = sub.add_parser("cache", help="response cache maintenance")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    purge = cache_sub.add_parser("purge", help="delete cached responses (all, or one team's)")
+    purge.add_argument("--team")
+    purge.add_argument("--config")
+    purge.set_defaults(func=cmd_cache_purge)
 
     mock = sub.add_parser("mock-upstream", help="run the OpenAI-compatible mock server")
     mock.add_argument("--host", default="127.0.0.1")

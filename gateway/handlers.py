@@ -17,8 +17,11 @@ from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway import json_codec
+from gateway.cache.entry import CachedResponse, replay_events
+from gateway.cache.service import CachePlan
 from gateway.config import GatewayConfig, ModelProfile, TeamConfig
 from gateway.endpoints import (
     BAD_JSON,
@@ -46,7 +49,14 @@ from gateway.metrics import Metrics
 from gateway.proxy import client_response_headers, upstream_request_headers
 from gateway.quota.policy import enforce_effort, plan_request
 from gateway.quota.service import Reservation, RuleUsage
-from gateway.relay import RelayResult, StreamEnd, relay_raw, relay_sse, upstream_read_error
+from gateway.relay import (
+    RelayResult,
+    StreamEnd,
+    relay_events,
+    relay_raw,
+    relay_sse,
+    upstream_read_error,
+)
 from gateway.sse import StreamMeter
 from gateway.state import STATE, GatewayState
 
@@ -73,7 +83,7 @@ class Exchange:
     upstream_seconds: float | None = None
     usage: Usage | None = None
     released: bool = False  # the upstream produced nothing billable
-    cache: str = "none"  # hit | miss | bypass | none (not cacheable)
+    cache: str = "none"  # hit | miss | bypass | error | none (not cacheable)
     first_byte_seconds: float | None = None  # streams: request start to first body bytes
     upstream_error: str | None = None  # connect | timeout | status_4xx | status_5xx | stream_cut
     extra: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +100,8 @@ class Exchange:
             status_class=f"{self.status // 100}xx",
             cache=self.cache,
         ).inc()
+        if self.cache != "none":
+            metrics.cache_lookups.labels(result=self.cache).inc()
         total = time.perf_counter() - self.started
         metrics.duration.labels(endpoint=endpoint).observe(total)
         if self.upstream_seconds is not None:
@@ -222,6 +234,24 @@ async def _proxy(
     return await _metered(request, state, config, team, path, api, exchange)
 
 
+@dataclass(slots=True)
+class MeteredCall:
+    """One request to a metered API, as parsed and rewritten so far."""
+
+    request: web.Request
+    state: GatewayState
+    config: GatewayConfig
+    team: TeamConfig
+    team_name: str
+    path: str
+    info: RequestInfo
+    profile: ModelProfile
+    raw: bytes
+    original: dict[str, Any]
+    body: dict[str, Any]
+    exchange: Exchange
+
+
 async def _metered(
     request: web.Request,
     state: GatewayState,
@@ -245,30 +275,83 @@ async def _metered(
     team_name = exchange.team or ""
     _check_model(team, team_name, info)
     profile = config.model_profile(info.model)
-    original = body
-
+    call = MeteredCall(
+        request, state, config, team, team_name, path, info, profile, raw, body, body, exchange
+    )
     effort = enforce_effort(team, info, profile)
     if effort is not None:
-        body = with_reasoning_effort(info, body, effort)
+        call.body = with_reasoning_effort(info, call.body, effort)
 
-    reservation = await _reserve(state, config, team, team_name, info, profile, len(raw), exchange)
+    query = request.rel_url.raw_query_string
+    plan = state.cache.plan(
+        config,
+        team_name,
+        team,
+        info,
+        call.body,
+        method=request.method,
+        path=f"{path}?{query}" if query else path,
+        headers=request.headers,
+    )
+    if plan is None:
+        return await _charged(call, None)
+    entry, exchange.cache = await state.cache.lookup(plan)
+    if entry is not None:
+        return await _serve_hit(call, entry)
+    if not plan.directives.lookup:
+        return await _charged(call, plan)  # no-cache: a fresh answer, stored for the next one
+    async with state.cache.coalesce(plan) as shared:
+        if shared is not None:
+            exchange.cache = "hit"  # an identical request in flight answered this one
+            return await _serve_hit(call, shared)
+        return await _charged(call, plan)
+
+
+async def _serve_hit(call: MeteredCall, entry: CachedResponse) -> web.StreamResponse:
+    """Replay a stored response: no upstream call, no quota charge; tokens count as saved."""
+    exchange = call.exchange
+    exchange.usage = entry.usage
+    headers: CIMultiDict[str] = CIMultiDict(entry.headers)
+    headers["x-gateway-cache"] = "hit"
+    headers["age"] = str(entry.age(call.state.cache.clock()))
+    _ensure_request_id(headers, exchange.request_id)
+    if entry.events is None:
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
+    client = web.StreamResponse(status=entry.status, headers=headers)
+    await client.prepare(call.request)
+    result = await relay_events(client, replay_events(entry, include_usage=call.info.include_usage))
+    _note_stream_end(exchange, result)
+    return client
+
+
+async def _charged(call: MeteredCall, plan: CachePlan | None) -> web.StreamResponse:
+    """Reserve, forward, relay, settle: the path of every request that reaches the upstream."""
+    state, info, exchange = call.state, call.info, call.exchange
+    reservation = await _reserve(
+        state, call.config, call.team, call.team_name, info, call.profile, len(call.raw), exchange
+    )
     try:
-        limit = _output_limit(info, team, reservation)
+        body = call.body
+        limit = _output_limit(info, call.team, reservation)
         if limit is not None:
             body = with_output_limit(info, body, limit)
             exchange.extra["output_limit"] = limit
+            if plan is not None:
+                plan.output_lowered = True
         # Usage must be metered on every stream: ask for it, and hide it again from a client
         # that did not ask, so its stream stays exactly what OpenAI would have sent it.
-        hide_usage = info.stream and api in (Api.CHAT, Api.COMPLETIONS) and not info.include_usage
+        hide_usage = (
+            info.stream and info.api in (Api.CHAT, Api.COMPLETIONS) and not info.include_usage
+        )
         if hide_usage:
             body = with_usage_requested(info, body)
-        payload = raw if body is original else json_codec.dumps(body)
-        extra_headers = reservation.headers if reservation is not None else {}
+        payload = call.raw if body is call.original else json_codec.dumps(body)
+        extra_headers = dict(reservation.headers) if reservation is not None else {}
         if limit is not None:
-            extra_headers = {**extra_headers, "x-gateway-output-limit": str(limit)}
-        return await _forward_metered(
-            request, state, path, api, payload, hide_usage, extra_headers, exchange
-        )
+            extra_headers["x-gateway-output-limit"] = str(limit)
+        if plan is not None:
+            extra_headers["x-gateway-cache"] = exchange.cache
+        return await _forward_metered(call, payload, hide_usage, extra_headers, plan)
     finally:
         if reservation is not None:
             # Shielded: a handler cancelled at shutdown must still settle what it reserved.
@@ -333,22 +416,21 @@ def _output_limit(
 
 
 async def _forward_metered(
-    request: web.Request,
-    state: GatewayState,
-    path: str,
-    api: Api,
+    call: MeteredCall,
     payload: bytes,
     hide_usage: bool,
     extra_headers: dict[str, str],
-    exchange: Exchange,
+    plan: CachePlan | None,
 ) -> web.StreamResponse:
-    """Send upstream and relay; records usage (or that nothing was produced) on ``exchange``."""
+    """Send upstream and relay; records usage (or that nothing was produced) on the exchange,
+    and hands complete, successful responses to the cache."""
+    request, state, exchange, api = call.request, call.state, call.exchange, call.info.api
     headers = upstream_request_headers(request.headers, state.upstream.config, accept_encoding=None)
     headers["Content-Type"] = "application/json"
     sent_at = time.perf_counter()
     try:
         upstream = await state.upstream.send(
-            request.method, path, request.rel_url.raw_query_string, headers, payload
+            request.method, call.path, request.rel_url.raw_query_string, headers, payload
         )
     except GatewayError as exc:
         exchange.released = True  # nothing reached the upstream model
@@ -367,10 +449,13 @@ async def _forward_metered(
             client = web.StreamResponse(status=upstream.status, headers=response_headers)
             await client.prepare(request)
             meter = StreamMeter(api, hide_usage=hide_usage)
-            result = await relay_sse(upstream, client, meter)
+            recorder = state.cache.recorder(plan) if plan is not None else None
+            result = await relay_sse(upstream, client, meter, recorder)
             exchange.upstream_seconds = time.perf_counter() - sent_at
             exchange.usage = meter.usage
             _note_stream_end(exchange, result)
+            if plan is not None and recorder is not None:
+                await state.cache.store_stream(plan, upstream.status, upstream.headers, recorder)
             return client
         try:
             data = await upstream.read()
@@ -380,6 +465,10 @@ async def _forward_metered(
         exchange.upstream_seconds = time.perf_counter() - sent_at
         if upstream.status < 300:
             exchange.usage = usage_from_json(api, data)
+            if plan is not None:
+                await state.cache.store_json(
+                    plan, upstream.status, upstream.headers, data, exchange.usage
+                )
         return web.Response(status=upstream.status, body=data, headers=response_headers)
     finally:
         upstream.release()

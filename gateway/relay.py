@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
+from gateway.cache.entry import SseRecorder
 from gateway.errors import (
     GatewayError,
     UpstreamTimeoutError,
@@ -58,8 +59,10 @@ async def relay_sse(
     upstream: aiohttp.ClientResponse,
     client: web.StreamResponse,
     meter: StreamMeter | None,
+    recorder: SseRecorder | None = None,
 ) -> RelayResult:
-    """Relay an event stream chunk by chunk; ``meter`` (if any) reads usage and hides chunks."""
+    """Relay an event stream chunk by chunk; ``meter`` (if any) reads usage and hides chunks;
+    ``recorder`` (if any) keeps the upstream's bytes for the cache."""
     result = RelayResult(StreamEnd.COMPLETE)
     chunks = upstream.content.iter_any().__aiter__()
     failure: GatewayError | None = None
@@ -70,6 +73,8 @@ async def relay_sse(
         if isinstance(item, BaseException):
             failure = upstream_read_error(item)
             break
+        if recorder is not None:
+            recorder.feed(item)
         data = meter.feed(item) if meter is not None else item
         if data and not await _write(client, data, result):
             return result
@@ -85,6 +90,16 @@ async def relay_sse(
         if not await _write(client, render_sse_event(failure), result):
             return result
         result.end = StreamEnd.UPSTREAM_CUT
+    await _finish(client, result)
+    return result
+
+
+async def relay_events(client: web.StreamResponse, events: Iterable[bytes]) -> RelayResult:
+    """Write stored events (a cache hit's replay) and end the stream."""
+    result = RelayResult(StreamEnd.COMPLETE)
+    for event in events:
+        if not await _write(client, event, result):
+            return result
     await _finish(client, result)
     return result
 

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.auth import Authenticator, JwksCache
+from gateway.cache.service import CacheService
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.proxy import Upstream
@@ -43,11 +44,13 @@ class GatewayState:
         *,
         session: aiohttp.ClientSession,
         quotas: QuotaService,
+        cache: CacheService,
         metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
         self.session = session
         self.quotas = quotas
+        self.cache = cache
         self.metrics = metrics
         self.clock = clock
         self.draining = False

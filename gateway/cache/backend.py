@@ -159,7 +159,8 @@ class RedisCacheBackend:
             await self._release_script(keys=[self._lock_prefix + key], args=[token])
 
     async def purge(self, scope: str | None) -> int:
-        pattern = self._entry_prefix + ("*" if scope is None else _glob_escape(scope) + ":*")
+        prefix = _glob_escape(self._entry_prefix)
+        pattern = prefix + ("*" if scope is None else _glob_escape(scope) + ":*")
         deleted = 0
         cursor = 0
         while True:

@@ -81,13 +81,14 @@ class CachedResponse:
 
     api: Api
     status: int
-    #: Filtered through ``content_headers`` on construction, whatever is passed in.
-    headers: tuple[tuple[str, str], ...]
+    #: Filtered through ``content_headers`` on construction (stored as a tuple).
+    headers: Sequence[tuple[str, str]]
     #: Unix seconds when the upstream produced it (for the ``age`` header).
     created_at: int
     body: bytes | None = None
-    #: Each a complete event including its separator, exactly as the upstream sent it.
-    events: tuple[bytes, ...] | None = None
+    #: Each a complete event including its separator, exactly as the upstream sent it
+    #: (stored as a tuple).
+    events: Sequence[bytes] | None = None
     #: What the original request cost upstream: a hit saves this much.
     usage: Usage | None = None
 
@@ -95,7 +96,7 @@ class CachedResponse:
         if (self.body is None) == (self.events is None):
             raise ValueError("a CachedResponse has either a body or events")
         object.__setattr__(self, "headers", content_headers(self.headers))
-        if self.events is not None and not isinstance(self.events, tuple):
+        if self.events is not None:
             object.__setattr__(self, "events", tuple(self.events))
 
     @property

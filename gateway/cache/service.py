@@ -1,0 +1,191 @@
+"""The response cache as the request handler uses it: decide, look up, coalesce, store.
+
+Redis trouble never fails a request: every backend error becomes a miss (or a skipped store)
+and is counted in ``gateway_cache_lookups_total{result="error"}`` and
+``gateway_store_errors_total{operation="cache_*"}``.
+
+Order in a request: the key is computed after the team's policy rewrites (effort ceiling) and
+before the quota clamp and the injected ``include_usage``, so it names what the client asked
+for. A hit is served before any quota reservation: hits cost no upstream tokens and are not
+charged to token caps. A response is not stored when the gateway lowered the client's output
+limit and the response was cut by it (``finish_reason: length``): another request with budget
+left must not be replayed a truncated answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.cache.backend import CacheBackend, CacheBackendError
+from gateway.cache.entry import CachedResponse, SseRecorder, decode, encode, json_storable
+from gateway.cache.policy import (
+    CacheSettings,
+    Directives,
+    cache_key,
+    cache_scope,
+    decide,
+    effective_settings,
+    request_directives,
+    upstream_identity,
+)
+from gateway.cache.singleflight import SingleFlight, Slot, coalesce
+from gateway.config import GatewayConfig, TeamConfig
+from gateway.endpoints import Api, RequestInfo, Usage
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.cache")
+
+_TRUNCATED = (b'"finish_reason":"length"', b'"finish_reason": "length"')
+
+
+@dataclass(slots=True)
+class CachePlan:
+    key: str
+    settings: CacheSettings
+    directives: Directives
+    api: Api
+    slot: Slot | None = None
+    output_lowered: bool = False  # the gateway wrote a lower output limit than asked
+
+
+class CacheService:
+    def __init__(
+        self,
+        backend: CacheBackend,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.clock = clock
+        self.flight = SingleFlight()
+
+    def plan(
+        self,
+        config: GatewayConfig,
+        team_name: str,
+        team: TeamConfig,
+        info: RequestInfo,
+        body: dict[str, Any],
+        *,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+    ) -> CachePlan | None:
+        """The cache's part in this request, or None when it may not be cached."""
+        settings = effective_settings(config.cache, team.cache)
+        if not settings.enabled:
+            return None
+        directives = request_directives(
+            headers.get("Cache-Control"), headers.get("x-gateway-cache")
+        )
+        if not decide(info, body, settings, force=directives.force).cacheable:
+            return None
+        key = cache_key(
+            method=method,
+            path=path,
+            body=body,
+            stream=info.stream,
+            scope=cache_scope(settings, team_name),
+            upstream_id=upstream_identity(config.upstream),
+        )
+        return CachePlan(key=key, settings=settings, directives=directives, api=info.api)
+
+    async def lookup(self, plan: CachePlan) -> tuple[CachedResponse | None, str]:
+        """The stored entry, if any, and the lookup's result: hit, miss, bypass or error."""
+        if not plan.directives.lookup:
+            return None, "bypass"
+        try:
+            raw = await self.backend.get(plan.key)
+        except CacheBackendError as exc:
+            self._backend_error("cache_get", exc)
+            return None, "error"
+        entry = decode(raw) if raw is not None else None
+        return entry, "hit" if entry is not None else "miss"
+
+    @asynccontextmanager
+    async def coalesce(self, plan: CachePlan) -> AsyncIterator[CachedResponse | None]:
+        """Wait for an identical request in flight (here or on another replica); yields its
+        entry, or None when this request must go upstream itself (then ``store`` publishes)."""
+        async with coalesce(
+            self.flight,
+            self.backend,
+            plan.key,
+            lock_seconds=plan.settings.lock_seconds,
+            wait_seconds=plan.settings.wait_seconds,
+            on_error=lambda exc: self._backend_error("cache_lock", exc),
+        ) as slot:
+            entry = decode(slot.entry) if slot.entry is not None else None
+            if entry is None:
+                plan.slot = slot
+            try:
+                yield entry
+            finally:
+                slot.publish(None)  # no-op when store() already published
+
+    def recorder(self, plan: CachePlan) -> SseRecorder:
+        return SseRecorder(plan.api, max_bytes=plan.settings.max_entry_bytes)
+
+    async def store_json(
+        self,
+        plan: CachePlan,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        usage: Usage | None,
+    ) -> None:
+        if json_storable(plan.api, status, body, max_bytes=plan.settings.max_entry_bytes):
+            return
+        if plan.output_lowered and any(marker in body for marker in _TRUNCATED):
+            return
+        entry = CachedResponse(
+            api=plan.api,
+            status=status,
+            headers=list(headers.items()),
+            created_at=int(self.clock()),
+            body=body,
+            usage=usage,
+        )
+        await self._store(plan, entry)
+
+    async def store_stream(
+        self, plan: CachePlan, status: int, headers: Mapping[str, str], recorder: SseRecorder
+    ) -> None:
+        events = recorder.result()
+        if events is None:
+            return
+        if plan.output_lowered and any(m in e for e in events for m in _TRUNCATED):
+            return
+        entry = CachedResponse(
+            api=plan.api,
+            status=status,
+            headers=list(headers.items()),
+            created_at=int(self.clock()),
+            events=events,
+            usage=recorder.usage,
+        )
+        await self._store(plan, entry)
+
+    async def _store(self, plan: CachePlan, entry: CachedResponse) -> None:
+        data = encode(entry)
+        if plan.slot is not None:
+            plan.slot.publish(data)  # identical requests waiting here get it at once
+        if not plan.directives.store:
+            return
+        try:
+            await self.backend.put(plan.key, data, plan.settings.ttl_seconds)
+        except CacheBackendError as exc:
+            self._backend_error("cache_put", exc)
+
+    def _backend_error(self, operation: str, exc: CacheBackendError) -> None:
+        self.metrics.store_errors.labels(operation=operation).inc()
+        log.warning("cache backend error", extra={"operation": operation, "error": str(exc)})
+
+    async def purge(self, scope: str | None) -> int:
+        return await self.backend.purge(scope)
