@@ -62,6 +62,13 @@ from gateway.state import STATE, GatewayState
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
+
+
+def _status_class(status: int) -> str:
+    return _STATUS_CLASS.get(status // 100, "5xx")
+
+
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("gateway.request_id", str)
 
 
@@ -93,26 +100,19 @@ class Exchange:
         team = self.team or "unauthenticated"
         model = metrics.model_label(self.model)
         endpoint = self.api.value
-        metrics.requests.labels(
-            team=team,
-            model=model,
-            endpoint=endpoint,
-            status_class=f"{self.status // 100}xx",
-            cache=self.cache,
-        ).inc()
+        child = metrics.child
+        child(metrics.requests, team, model, endpoint, _status_class(self.status), self.cache).inc()
         if self.cache != "none":
-            metrics.cache_lookups.labels(result=self.cache).inc()
+            child(metrics.cache_lookups, self.cache).inc()
         total = time.perf_counter() - self.started
-        metrics.duration.labels(endpoint=endpoint).observe(total)
+        child(metrics.duration, endpoint).observe(total)
         if self.upstream_seconds is not None:
-            metrics.upstream_duration.labels(endpoint=endpoint).observe(self.upstream_seconds)
-            metrics.overhead.labels(endpoint=endpoint).observe(
-                max(0.0, total - self.upstream_seconds)
-            )
+            child(metrics.upstream_duration, endpoint).observe(self.upstream_seconds)
+            child(metrics.overhead, endpoint).observe(max(0.0, total - self.upstream_seconds))
         if self.first_byte_seconds is not None:
-            metrics.time_to_first_byte.labels(endpoint=endpoint).observe(self.first_byte_seconds)
+            child(metrics.time_to_first_byte, endpoint).observe(self.first_byte_seconds)
         if self.upstream_error is not None:
-            metrics.upstream_errors.labels(kind=self.upstream_error).inc()
+            child(metrics.upstream_errors, self.upstream_error).inc()
         usage = self.usage
         if usage is not None:
             counter = metrics.saved_tokens if self.cache == "hit" else metrics.tokens
@@ -123,7 +123,7 @@ class Exchange:
                 ("reasoning", usage.reasoning_tokens),
             ):
                 if value:
-                    counter.labels(team=team, model=model, kind=kind).inc(value)
+                    child(counter, team, model, kind).inc(value)
 
     def log(self) -> None:
         usage = self.usage

@@ -17,7 +17,7 @@ import fnmatch
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -232,6 +232,17 @@ class Metrics:
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
         self.model_label = ModelLabels([])
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *label_values: str) -> Any:
+        """``metric.labels(*label_values)``, remembered: prometheus-client validates and locks
+        on every ``labels()`` call, which showed up in the hot path's profile. The label sets
+        are bounded (see the module docstring), so the memo is too."""
+        key = (id(metric), label_values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*label_values)
+        return found
 
     def configure(self, config: GatewayConfig) -> None:
         """Called at start and on every reload: the label sets follow the config."""
