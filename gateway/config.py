@@ -23,12 +23,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+_MATCH_MEMO_SIZE = 4096
 TEAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
@@ -336,11 +338,25 @@ class TeamConfig(_Model):
     )
     cache: TeamCacheConfig = Field(default_factory=TeamCacheConfig)
 
+    # Pattern matching runs on every request; answers are remembered per config object (a
+    # reload builds new objects, so nothing stale survives), within a bound.
+    _matches: dict[tuple[bool, str], bool] = PrivateAttr(default_factory=dict)
+
     def allows_model(self, model: str) -> bool:
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+        return self._match(True, model, self.models)
 
     def allows_path(self, path: str) -> bool:
-        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.paths)
+        return self._match(False, path, self.paths)
+
+    def _match(self, is_model: bool, name: str, patterns: list[str]) -> bool:
+        key = (is_model, name)
+        found = self._matches.get(key)
+        if found is None:
+            found = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+            if len(self._matches) >= _MATCH_MEMO_SIZE:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
 
 
 class GatewayConfig(_Model):
@@ -364,11 +380,25 @@ class GatewayConfig(_Model):
         own = self.teams[team].quotas
         return own if own is not None else self.defaults.quotas
 
+    _profiles: dict[str, ModelProfile] = PrivateAttr(default_factory=dict)
+
     def model_profile(self, model: str | None) -> ModelProfile:
-        for profile in self.models:
-            if model is not None and any(fnmatch.fnmatchcase(model, p) for p in profile.match):
-                return profile
-        return _FALLBACK_PROFILE
+        if model is None:
+            return _FALLBACK_PROFILE
+        found = self._profiles.get(model)
+        if found is None:
+            found = next(
+                (
+                    profile
+                    for profile in self.models
+                    if any(fnmatch.fnmatchcase(model, p) for p in profile.match)
+                ),
+                _FALLBACK_PROFILE,
+            )
+            if len(self._profiles) >= _MATCH_MEMO_SIZE:
+                self._profiles.clear()
+            self._profiles[model] = found
+        return found
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

@@ -7,9 +7,10 @@ headers or renders errors itself.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,23 +131,26 @@ class Exchange:
         access_log.info(
             "request",
             extra={
-                "request_id": self.request_id,
-                "upstream_request_id": self.upstream_request_id,
-                "team": self.team,
-                "method": self.method,
-                "path": self.path,
-                "endpoint": self.api.value,
-                "model": self.model,
-                "stream": self.stream,
-                "status": self.status,
-                "outcome": self.outcome,
-                "prompt_tokens": usage.prompt_tokens if usage else None,
-                "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
-                "completion_tokens": usage.completion_tokens if usage else None,
-                "reasoning_tokens": usage.reasoning_tokens if usage else None,
-                "upstream_ms": _ms(self.upstream_seconds),
-                "duration_ms": _ms(time.perf_counter() - self.started),
-                **self.extra,
+                "fields": {
+                    "request_id": self.request_id,
+                    "upstream_request_id": self.upstream_request_id,
+                    "team": self.team,
+                    "method": self.method,
+                    "path": self.path,
+                    "endpoint": self.api.value,
+                    "model": self.model,
+                    "stream": self.stream,
+                    "status": self.status,
+                    "outcome": self.outcome,
+                    "cache": self.cache,
+                    "prompt_tokens": usage.prompt_tokens if usage else None,
+                    "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+                    "completion_tokens": usage.completion_tokens if usage else None,
+                    "reasoning_tokens": usage.reasoning_tokens if usage else None,
+                    "upstream_ms": _ms(self.upstream_seconds),
+                    "duration_ms": _ms(time.perf_counter() - self.started),
+                    **self.extra,
+                }
             },
         )
 
@@ -155,8 +159,13 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+_ID_PREFIX = "gw-" + secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return "gw-" + uuid.uuid4().hex
+    """Unique across replicas (random per-process prefix) without a system call per request."""
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 def api_path(request: web.Request) -> str:

@@ -193,7 +193,7 @@ async def test_429_is_openai_shaped_and_the_sdk_does_not_spin(
         headers["x-ratelimit-limit-tokens"] == "20"
         and headers["x-ratelimit-remaining-tokens"] == "8"
     )
-    rejected = [r for r in caplog.records if getattr(r, "status", None) == 429]
+    rejected = [r for r in caplog.records if getattr(r, "fields", {}).get("status") == 429]
     assert len(rejected) == 1  # x-should-retry: false kept the SDK from retrying
     assert len(upstream.requests) == 1
 

@@ -65,6 +65,19 @@ class CacheService:
         self.metrics = metrics
         self.clock = clock
         self.flight = SingleFlight()
+        # Effective settings per (global, team) config objects; a reload brings new objects.
+        self._settings: dict[tuple[int, int], tuple[object, object, CacheSettings]] = {}
+
+    def settings_for(self, config: GatewayConfig, team: TeamConfig) -> CacheSettings:
+        key = (id(config.cache), id(team.cache))
+        known = self._settings.get(key)
+        if known is not None and known[0] is config.cache and known[1] is team.cache:
+            return known[2]
+        if len(self._settings) > 4096:
+            self._settings.clear()
+        settings = effective_settings(config.cache, team.cache)
+        self._settings[key] = (config.cache, team.cache, settings)
+        return settings
 
     def plan(
         self,
@@ -79,7 +92,7 @@ class CacheService:
         headers: Mapping[str, str],
     ) -> CachePlan | None:
         """The cache's part in this request, or None when it may not be cached."""
-        settings = effective_settings(config.cache, team.cache)
+        settings = self.settings_for(config, team)
         if not settings.enabled:
             return None
         directives = request_directives(
