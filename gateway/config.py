@@ -14,6 +14,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,20 +24,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-_MATCH_MEMO_SIZE = 4096
 TEAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 Algorithm = Literal[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"
 ]
+
+
+def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
+    """fnmatch patterns (case-sensitive) as one regular expression."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or r"(?!)")
 
 
 class ConfigError(Exception):
@@ -338,25 +342,21 @@ class TeamConfig(_Model):
     )
     cache: TeamCacheConfig = Field(default_factory=TeamCacheConfig)
 
-    # Pattern matching runs on every request; answers are remembered per config object (a
-    # reload builds new objects, so nothing stale survives), within a bound.
-    _matches: dict[tuple[bool, str], bool] = PrivateAttr(default_factory=dict)
+    # Matching runs on every request: each pattern list is compiled once per config object
+    # into one regular expression (a reload builds new objects, so nothing stale survives).
+    @cached_property
+    def _model_matcher(self) -> re.Pattern[str]:
+        return compile_patterns(self.models)
+
+    @cached_property
+    def _path_matcher(self) -> re.Pattern[str]:
+        return compile_patterns(self.paths)
 
     def allows_model(self, model: str) -> bool:
-        return self._match(True, model, self.models)
+        return self._model_matcher.match(model) is not None
 
     def allows_path(self, path: str) -> bool:
-        return self._match(False, path, self.paths)
-
-    def _match(self, is_model: bool, name: str, patterns: list[str]) -> bool:
-        key = (is_model, name)
-        found = self._matches.get(key)
-        if found is None:
-            found = any(fnmatch.fnmatchcase(name, p) for p in patterns)
-            if len(self._matches) >= _MATCH_MEMO_SIZE:
-                self._matches.clear()
-            self._matches[key] = found
-        return found
+        return self._path_matcher.match(path) is not None
 
 
 class GatewayConfig(_Model):
@@ -380,25 +380,16 @@ class GatewayConfig(_Model):
         own = self.teams[team].quotas
         return own if own is not None else self.defaults.quotas
 
-    _profiles: dict[str, ModelProfile] = PrivateAttr(default_factory=dict)
+    @cached_property
+    def _profile_matchers(self) -> list[tuple[re.Pattern[str], ModelProfile]]:
+        return [(compile_patterns(profile.match), profile) for profile in self.models]
 
     def model_profile(self, model: str | None) -> ModelProfile:
-        if model is None:
-            return _FALLBACK_PROFILE
-        found = self._profiles.get(model)
-        if found is None:
-            found = next(
-                (
-                    profile
-                    for profile in self.models
-                    if any(fnmatch.fnmatchcase(model, p) for p in profile.match)
-                ),
-                _FALLBACK_PROFILE,
-            )
-            if len(self._profiles) >= _MATCH_MEMO_SIZE:
-                self._profiles.clear()
-            self._profiles[model] = found
-        return found
+        if model is not None:
+            for matcher, profile in self._profile_matchers:
+                if matcher.match(model) is not None:
+                    return profile
+        return _FALLBACK_PROFILE
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

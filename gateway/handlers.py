@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -45,7 +44,7 @@ from gateway.errors import (
     QuotaExceededError,
     RequestTooLargeError,
 )
-from gateway.log import ACCESS_LOGGER
+from gateway.log import ACCESS
 from gateway.metrics import Metrics
 from gateway.proxy import client_response_headers, upstream_request_headers
 from gateway.quota.policy import enforce_effort, plan_request
@@ -60,8 +59,6 @@ from gateway.relay import (
 )
 from gateway.sse import StreamMeter
 from gateway.state import STATE, GatewayState
-
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
@@ -128,30 +125,27 @@ class Exchange:
 
     def log(self) -> None:
         usage = self.usage
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "request_id": self.request_id,
-                    "upstream_request_id": self.upstream_request_id,
-                    "team": self.team,
-                    "method": self.method,
-                    "path": self.path,
-                    "endpoint": self.api.value,
-                    "model": self.model,
-                    "stream": self.stream,
-                    "status": self.status,
-                    "outcome": self.outcome,
-                    "cache": self.cache,
-                    "prompt_tokens": usage.prompt_tokens if usage else None,
-                    "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
-                    "completion_tokens": usage.completion_tokens if usage else None,
-                    "reasoning_tokens": usage.reasoning_tokens if usage else None,
-                    "upstream_ms": _ms(self.upstream_seconds),
-                    "duration_ms": _ms(time.perf_counter() - self.started),
-                    **self.extra,
-                }
-            },
+        ACCESS.write(
+            {
+                "request_id": self.request_id,
+                "upstream_request_id": self.upstream_request_id,
+                "team": self.team,
+                "method": self.method,
+                "path": self.path,
+                "endpoint": self.api.value,
+                "model": self.model,
+                "stream": self.stream,
+                "status": self.status,
+                "outcome": self.outcome,
+                "cache": self.cache,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
+                "reasoning_tokens": usage.reasoning_tokens if usage else None,
+                "upstream_ms": _ms(self.upstream_seconds),
+                "duration_ms": _ms(time.perf_counter() - self.started),
+                **self.extra,
+            }
         )
 
 

@@ -66,9 +66,12 @@ class BufferedLineHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self.add_line(line, urgent=record.levelno >= logging.WARNING)
+
+    def add_line(self, line: str, *, urgent: bool = False) -> None:
         self._lines.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING or self._size >= self.FLUSH_BYTES:
+        if urgent or self._size >= self.FLUSH_BYTES:
             self.flush()
             return
         if not self._scheduled:
@@ -98,11 +101,46 @@ class BufferedLineHandler(logging.Handler):
         super().close()
 
 
+class AccessLog:
+    """One JSON line per request.
+
+    When the process logs through ``BufferedLineHandler`` (``gateway serve``), lines are
+    serialised and queued directly, skipping ``logging``'s record machinery, which cost about
+    a tenth of the gateway's CPU per request in the profile. Otherwise (tests, embedding) they
+    go through the ``gateway.access`` logger as usual.
+    """
+
+    def __init__(self) -> None:
+        self.direct: BufferedLineHandler | None = None
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+
+    def write(self, fields: dict[str, Any]) -> None:
+        direct = self.direct
+        if direct is None:
+            self.logger.info("request", extra={"fields": fields})
+            return
+        now = time.time()
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now % 1 * 1000):03d}Z",
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "msg": "request",
+            **fields,
+        }
+        direct.add_line(json_codec.dumps(entry).decode() + "\n")
+
+
+ACCESS = AccessLog()
+
+
 def configure_logging(level: str) -> None:
     handler = BufferedLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    enabled = logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+    ACCESS.direct = handler if enabled else None
     # aiohttp's own access log would duplicate ours, without team or tokens.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
