@@ -11,6 +11,7 @@ Profiled runs are not part of the throughput table.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -103,7 +104,8 @@ def summarize(collapsed: str) -> Summary:
 
 
 def profile_gateway(bench: Bench, report: Report, seconds: float = 10.0, top: int = 20) -> None:
-    report.heading("Profile: gateway, JSON, c=16 (py-spy)")
+    mode = os.environ.get("BENCH_PROFILE_MODE", "json")
+    report.heading(f"Profile: gateway, {mode.upper()}, c=16 (py-spy)")
     py_spy = VENV_BIN / "py-spy"
     gateway = next((r for r in bench.running if r.name == "gateway"), None)
     if gateway is None:
@@ -114,9 +116,9 @@ def profile_gateway(bench: Bench, report: Report, seconds: float = 10.0, top: in
         return
     workdir = bench.procs.workdir
     raw = workdir / "profile.txt"
-    svg = RESULTS / "profile-gateway-json-c16.svg"
+    svg = RESULTS / f"profile-gateway-{mode}-c16.svg"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    script = bench.script(gateway, "json")
+    script = bench.script(gateway, mode)
     for fmt_name, out in (("raw", raw), ("flamegraph", svg)):
         print(f"  profiling gateway ({fmt_name}, {seconds:g} s)", file=sys.stderr, flush=True)
         load = subprocess.Popen(

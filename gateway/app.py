@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -209,10 +210,19 @@ def create_app(
             metrics=metrics,
         )
         cache = CacheService(cache_backend, metrics, clock=clock)
+        purges = None
+        if isinstance(cache_backend, RedisCacheBackend):
+            purges = asyncio.get_running_loop().create_task(
+                cache_backend.listen_for_purges(cache.local.purge)
+            )
         app[STATE] = GatewayState(
             config, session=session, quotas=quotas, cache=cache, metrics=metrics, clock=clock
         )
         yield
+        if purges is not None:
+            purges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purges
         await quotas.drain()
         await cache_backend.close()
         await store.close()

@@ -184,8 +184,15 @@ def _opt_number(body: dict[str, Any], key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if type(value) is int or type(value) is float:
-        return float(value)
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        # An integer beyond float range (the stdlib JSON decoder yields them; orjson turns them
+        # into floats) would raise OverflowError here, i.e. a 500 instead of a 400.
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidRequestError(f"Invalid '{key}': number out of range.", param=key) from None
     raise _wrong_type(key, "a number", value)
 
 

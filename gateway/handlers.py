@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import json_codec
-from gateway.cache.entry import CachedResponse, replay_events
+from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
 from gateway.config import GatewayConfig, ModelProfile, TeamConfig
 from gateway.endpoints import (
@@ -300,29 +300,31 @@ async def _metered(
         return await _charged(call, None)
     entry, exchange.cache = await state.cache.lookup(plan)
     if entry is not None:
-        return await _serve_hit(call, entry)
+        return await _serve_hit(call, plan.key, entry)
     if not plan.directives.lookup:
         return await _charged(call, plan)  # no-cache: a fresh answer, stored for the next one
     async with state.cache.coalesce(plan) as shared:
         if shared is not None:
             exchange.cache = "hit"  # an identical request in flight answered this one
-            return await _serve_hit(call, shared)
+            return await _serve_hit(call, plan.key, shared)
         return await _charged(call, plan)
 
 
-async def _serve_hit(call: MeteredCall, entry: CachedResponse) -> web.StreamResponse:
+async def _serve_hit(call: MeteredCall, key: str, entry: CachedResponse) -> web.StreamResponse:
     """Replay a stored response: no upstream call, no quota charge; tokens count as saved."""
     exchange = call.exchange
     exchange.usage = entry.usage
+    cache = call.state.cache
     headers: CIMultiDict[str] = CIMultiDict(entry.headers)
     headers["x-gateway-cache"] = "hit"
-    headers["age"] = str(entry.age(call.state.cache.clock()))
+    headers["age"] = str(entry.age(cache.clock()))
     _ensure_request_id(headers, exchange.request_id)
     if entry.events is None:
         return web.Response(status=entry.status, body=entry.body, headers=headers)
     client = web.StreamResponse(status=entry.status, headers=headers)
     await client.prepare(call.request)
-    result = await relay_events(client, replay_events(entry, include_usage=call.info.include_usage))
+    replay = cache.replay(key, entry, include_usage=call.info.include_usage)
+    result = await relay_events(client, [replay])
     _note_stream_end(exchange, result)
     return client
 

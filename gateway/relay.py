@@ -80,12 +80,20 @@ async def relay_sse(
             return result
     if meter is not None:
         tail = meter.flush()
-        if tail and not await _write(client, tail, result):
-            return result
-        if failure is None and not meter.done:
+        if meter.done:
+            # The terminal event arrived, so the client has the whole answer: a transport error
+            # after it (say, the chunked terminator lost) is not a cut. An error event here
+            # would make the SDKs raise on a complete Responses stream.
+            failure = None
+        elif failure is None:
             failure = UpstreamUnavailableError(
                 "The upstream API ended the stream before it was complete."
             )
+        # On a cut stream the held partial event is dropped: written before the error event
+        # it would merge with it into one undecodable event (the SDKs would raise a JSON
+        # decode error, not APIError). SSE clients discard an unterminated event anyway.
+        if failure is None and tail and not await _write(client, tail, result):
+            return result
     if failure is not None:
         if not await _write(client, render_sse_event(failure), result):
             return result

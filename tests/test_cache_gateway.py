@@ -14,9 +14,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.mock_upstream import MockUpstream
+from gateway.state import STATE
 from tests.support.gateway_proc import RunningGateway, base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess, free_port
+from tests.test_quota_gateway import wait_until
 
 MESSAGES = [{"role": "user", "content": "Colour of the sky?"}]
 
@@ -256,28 +258,35 @@ async def test_redis_outage_degrades_to_misses_and_recovers(
 ) -> None:
     proc = RedisProcess(port=free_port(), workdir=tmp_path)
     proc.start()
+    other = [{"role": "user", "content": "A question first asked while Redis is down"}]
     try:
         gateway = await make_gateway(store={"redis_url": proc.url, "timeout_seconds": 0.3})
         client = sdk(gateway)
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, temperature=0)
         proc.stop()
-        for _ in range(2):  # still served, straight from upstream
-            r = await client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=MESSAGES, temperature=0
-            )
-            assert r.headers["x-gateway-cache"] == "error"
-        assert chat_calls(upstream) == 3
-        proc.start()  # empty again: the next call stores, the one after hits
-        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, temperature=0)
+        # An entry this replica served recently is still answered from its memory ...
         r = await client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=MESSAGES, temperature=0
         )
-        assert r.headers["x-gateway-cache"] == "hit" and chat_calls(upstream) == 4
+        assert r.headers["x-gateway-cache"] == "hit" and chat_calls(upstream) == 1
+        # ... anything else is served straight from upstream, never failed (and kept in
+        # memory meanwhile).
+        r = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=other, temperature=0
+        )
+        assert r.headers["x-gateway-cache"] == "error" and chat_calls(upstream) == 2
+        proc.start()  # empty again: new questions are stored there again
+        third = [{"role": "user", "content": "A question asked after Redis came back"}]
+        r = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=third, temperature=0
+        )
+        assert r.headers["x-gateway-cache"] == "miss" and chat_calls(upstream) == 3
         check = aioredis.Redis.from_url(proc.url)
         try:
-            assert [
+            stored = [
                 k async for k in check.scan_iter(match=f"{gateway.config.store.key_prefix}:cache:*")
             ]
+            assert len(stored) == 1
         finally:
             await check.aclose()
     finally:
@@ -318,7 +327,22 @@ async def test_purge_cli_empties_one_team_or_all(
         assert result.returncode == 0, result.stderr
         return result.stdout
 
+    local = gw.runner.app[STATE].cache.local
+    check = aioredis.Redis.from_url(redis_server.url)
+    channel = f"{gw.config.store.key_prefix}:cache:v1:purged"
+
+    async def listening() -> bool:
+        return bool((await check.pubsub_numsub(channel))[0][1] >= 1)
+
+    await wait_until(listening)
+    await check.aclose()
+    assert len(local) == 2
     assert "removed 1 cache entries of team ml" in await asyncio.to_thread(purge, "--team", "ml")
+
+    async def forgotten() -> bool:  # the running gateway drops ml's entry from its memory too
+        return len(local) == 1
+
+    await wait_until(forgotten)
     await sdk(gw, "ml").chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, temperature=0
     )

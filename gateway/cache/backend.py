@@ -169,7 +169,31 @@ class RedisCacheBackend:
                 if keys:
                     deleted += int(await self._redis.unlink(*keys))
             if cursor == 0:
-                return deleted
+                break
+        # Every gateway keeps recent entries in memory too; tell them (see listen_for_purges).
+        async with self._guard():
+            await self._redis.publish(self.purge_channel, scope or "*")
+        return deleted
+
+    @property
+    def purge_channel(self) -> str:
+        return self._entry_prefix + "purged"
+
+    async def listen_for_purges(self, on_purge: Callable[[str | None], None]) -> None:
+        """Call ``on_purge(scope)`` for every purge any process makes; runs until cancelled,
+        resubscribing after connection trouble."""
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self.purge_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        scope = message["data"].decode()
+                        on_purge(None if scope == "*" else scope)
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)  # Redis away: the first level expires entries anyway
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         if self._close_client:

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.cache.backend import CacheBackend, CacheBackendError
-from gateway.cache.entry import CachedResponse, SseRecorder, decode, encode, json_storable
+from gateway.cache.entry import (
+    CachedResponse,
+    SseRecorder,
+    decode,
+    encode,
+    json_storable,
+    replay_events,
+)
 from gateway.cache.policy import (
     CacheSettings,
     Directives,
@@ -41,6 +49,64 @@ from gateway.metrics import Metrics
 log = logging.getLogger("gateway.cache")
 
 _TRUNCATED = (b'"finish_reason":"length"', b'"finish_reason": "length"')
+
+
+#: The in-process first level: recent entries, decoded, with their stream replays rendered.
+#: Entries are immutable (a key names one response), so serving them from memory for a short
+#: while is safe; it only delays a purge by at most ``L1_TTL_SECONDS`` on other replicas.
+L1_TTL_SECONDS = 30.0
+L1_MAX_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Local:
+    entry: CachedResponse
+    expires_at: float
+    size: int
+    rendered: dict[bool, bytes]  # include_usage -> the SSE bytes a client receives
+
+
+class LocalEntries:
+    """A bounded LRU of decoded entries (the cache's first level, per process)."""
+
+    def __init__(self, max_bytes: int = L1_MAX_BYTES, clock: Callable[[], float] = time.monotonic):
+        self._items: OrderedDict[str, _Local] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> _Local | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item.expires_at <= self._clock():
+            self._drop(key)
+            return None
+        self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, entry: CachedResponse, ttl_seconds: float) -> None:
+        size = entry.content_bytes
+        if size > self._max_bytes // 16:
+            return  # a few huge entries must not evict everything else
+        self._drop(key)
+        expires = self._clock() + min(ttl_seconds, L1_TTL_SECONDS)
+        self._items[key] = _Local(entry, expires, size, {})
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            self._drop(next(iter(self._items)))
+
+    def purge(self, scope: str | None) -> None:
+        for key in [k for k in self._items if scope is None or k.startswith(scope + ":")]:
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= item.size
 
 
 @dataclass(slots=True)
@@ -65,6 +131,7 @@ class CacheService:
         self.metrics = metrics
         self.clock = clock
         self.flight = SingleFlight()
+        self.local = LocalEntries()
         # Effective settings per (global, team) config objects; a reload brings new objects.
         self._settings: dict[tuple[int, int], tuple[object, object, CacheSettings]] = {}
 
@@ -114,13 +181,31 @@ class CacheService:
         """The stored entry, if any, and the lookup's result: hit, miss, bypass or error."""
         if not plan.directives.lookup:
             return None, "bypass"
+        local = self.local.get(plan.key)
+        if local is not None:
+            return local.entry, "hit"
         try:
             raw = await self.backend.get(plan.key)
         except CacheBackendError as exc:
             self._backend_error("cache_get", exc)
             return None, "error"
         entry = decode(raw) if raw is not None else None
-        return entry, "hit" if entry is not None else "miss"
+        if entry is None:
+            return None, "miss"
+        self.local.put(plan.key, entry, plan.settings.ttl_seconds - entry.age(self.clock()))
+        return entry, "hit"
+
+    def replay(self, key: str, entry: CachedResponse, *, include_usage: bool) -> bytes:
+        """A stored stream as the client receives it, rendered once per framing."""
+        local = self.local.get(key)
+        if local is None or local.entry is not entry:
+            return b"".join(replay_events(entry, include_usage=include_usage))
+        rendered = local.rendered.get(include_usage)
+        if rendered is None:
+            rendered = local.rendered[include_usage] = b"".join(
+                replay_events(entry, include_usage=include_usage)
+            )
+        return rendered
 
     @asynccontextmanager
     async def coalesce(self, plan: CachePlan) -> AsyncIterator[CachedResponse | None]:
@@ -191,6 +276,7 @@ class CacheService:
             plan.slot.publish(data)  # identical requests waiting here get it at once
         if not plan.directives.store:
             return
+        self.local.put(plan.key, entry, plan.settings.ttl_seconds)
         try:
             await self.backend.put(plan.key, data, plan.settings.ttl_seconds)
         except CacheBackendError as exc:
@@ -201,4 +287,5 @@ class CacheService:
         log.warning("cache backend error", extra={"operation": operation, "error": str(exc)})
 
     async def purge(self, scope: str | None) -> int:
+        self.local.purge(scope)
         return await self.backend.purge(scope)

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from gateway.store import keys
 from gateway.store.base import ReserveOutcome, StoreError, WindowCharge, WindowUsage
+from gateway.store.batching import ScriptBatcher
 
 
 def _script_source(name: str, *, with_purge: bool = False) -> str:
@@ -53,13 +54,14 @@ class RedisQuotaStore:
         )
         self._settle = client.register_script(_script_source("settle_tokens.lua"))
         self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
+        self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:
         return [keys.quota_counter(self._prefix, team, c.key) for c in charges]
 
     async def _call(self, script: Any, keys_: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys_, args=args)
+            return await self._batcher.call(script, keys_, args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}") from exc
 
