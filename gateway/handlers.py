@@ -305,8 +305,10 @@ async def _metered(
         return await _charged(call, plan)  # no-cache: a fresh answer, stored for the next one
     async with state.cache.coalesce(plan) as shared:
         if shared is not None:
-            exchange.cache = "hit"  # an identical request in flight answered this one
+            exchange.cache = "hit"  # stored, or produced by an identical request in flight
             return await _serve_hit(call, plan.key, shared)
+        if plan.backend_failed:
+            exchange.cache = "error"
         return await _charged(call, plan)
 
 

@@ -196,15 +196,34 @@ async def redis_client(redis_server: RedisProcess) -> AsyncIterator[Redis]:
 
 async def test_redis_key_layout(redis_client: Redis) -> None:
     backend = RedisCacheBackend(redis_client, "gwtest")
-    assert backend.entry_key(KEY_A) == f"gwtest:cache:v1:{KEY_A}"
-    assert backend.lock_key(KEY_A) == f"gwtest:cachelock:v1:{KEY_A}"
+    scope, _, digest = KEY_A.rpartition(":")
+    entry, lock = (
+        f"gwtest:cache:v1:{scope}:{{{digest}}}",
+        f"gwtest:cachelock:v1:{scope}:{{{digest}}}",
+    )
+    assert backend.entry_key(KEY_A) == entry and backend.lock_key(KEY_A) == lock
+    # Entry and lock share a hash tag: one script may touch both on Redis Cluster.
     await backend.put(KEY_A, b"v", 5)
-    assert await redis_client.get(f"gwtest:cache:v1:{KEY_A}") == b"v"
+    assert await redis_client.get(entry) == b"v"
     assert await backend.acquire_lock(KEY_A, 5)
-    assert await redis_client.exists(f"gwtest:cachelock:v1:{KEY_A}") == 1
+    assert await redis_client.exists(lock) == 1
     await backend.release_lock(KEY_A)
-    assert await redis_client.exists(f"gwtest:cachelock:v1:{KEY_A}") == 0
-    await redis_client.delete(f"gwtest:cache:v1:{KEY_A}")
+    assert await redis_client.exists(lock) == 0
+    await redis_client.delete(entry)
+
+
+@pytest.mark.parametrize("backend_kind", ["redis", "memory"])
+async def test_get_or_lock_and_put_and_unlock(redis_client: Redis, backend_kind: str) -> None:
+    if backend_kind == "redis":
+        prefix = f"g{uuid.uuid4().hex[:8]}"
+        one, two = RedisCacheBackend(redis_client, prefix), RedisCacheBackend(redis_client, prefix)
+    else:
+        one = two = MemoryCacheBackend()
+    assert await one.get_or_lock(KEY_A, 5) == (None, True)  # miss: the lock is ours
+    assert await two.get_or_lock(KEY_A, 5) == (None, False)  # miss: someone else leads
+    await one.put_and_unlock(KEY_A, b"entry", 60)
+    assert await two.get_or_lock(KEY_A, 5) == (b"entry", False)  # hit
+    assert await two.acquire_lock(KEY_A, 5)  # the lock was released with the store
 
 
 async def test_redis_purge_leaves_other_prefixes(redis_client: Redis) -> None:

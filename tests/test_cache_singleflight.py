@@ -263,7 +263,7 @@ async def test_two_replicas_go_upstream_once(
 
 
 class Observed:
-    """A CacheBackend wrapper that signals when ``acquire_lock`` is refused (test double)."""
+    """A CacheBackend wrapper that signals when the lock is refused (test double)."""
 
     def __init__(self, inner: CacheBackend) -> None:
         self.inner = inner
@@ -283,6 +283,15 @@ class Observed:
 
     async def release_lock(self, key: str) -> None:
         await self.inner.release_lock(key)
+
+    async def get_or_lock(self, key: str, ttl_seconds: float) -> tuple[bytes | None, bool]:
+        entry, locked = await self.inner.get_or_lock(key, ttl_seconds)
+        if entry is None and not locked:
+            self.refused.set()
+        return entry, locked
+
+    async def put_and_unlock(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        await self.inner.put_and_unlock(key, value, ttl_seconds)
 
     async def purge(self, scope: str | None) -> int:
         return await self.inner.purge(scope)

@@ -59,6 +59,14 @@ class CacheBackend(Protocol):
         """Take the single-flight lock of ``key`` for at most ``ttl_seconds``; False if taken."""
         ...
 
+    async def get_or_lock(self, key: str, ttl_seconds: float) -> tuple[bytes | None, bool]:
+        """The entry, or (on a miss) whether the lock was taken: one round trip."""
+        ...
+
+    async def put_and_unlock(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        """Store the entry and release this backend's lock on it: one round trip."""
+        ...
+
     async def release_lock(self, key: str) -> None:
         """Release the lock if this backend still owns it; someone else's lock stays."""
         ...
@@ -74,6 +82,12 @@ class CacheBackend(Protocol):
 
 
 @cache
+def _tagged(key: str) -> str:
+    """``<scope>:<sha256>`` with the digest as a Redis Cluster hash tag."""
+    head, _, digest = key.rpartition(":")
+    return f"{head}:{{{digest}}}"
+
+
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
 
@@ -112,15 +126,18 @@ class RedisCacheBackend:
         self._timeout = timeout_seconds
         self._close_client = close_client
         self._release_script = redis.register_script(_lua("release_lock.lua"))
+        self._get_or_lock_script = redis.register_script(_lua("get_or_lock.lua"))
+        self._put_and_unlock_script = redis.register_script(_lua("put_and_unlock.lua"))
         #: key -> token of the locks this instance holds.
         self._tokens: dict[str, str] = {}
 
     def entry_key(self, key: str) -> str:
-        """The Redis key of an entry (for tests and operators)."""
-        return self._entry_prefix + key
+        """The Redis key of an entry (for tests and operators). The digest is a hash tag, so
+        an entry and its lock share a Redis Cluster slot and one script may touch both."""
+        return self._entry_prefix + _tagged(key)
 
     def lock_key(self, key: str) -> str:
-        return self._lock_prefix + key
+        return self._lock_prefix + _tagged(key)
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -132,20 +149,20 @@ class RedisCacheBackend:
 
     async def get(self, key: str) -> bytes | None:
         async with self._guard():
-            value = await self._redis.get(self._entry_prefix + key)
+            value = await self._redis.get(self.entry_key(key))
         if value is None or isinstance(value, bytes):
             return value
         raise CacheBackendError(f"redis cache: unexpected value type {type(value).__name__}")
 
     async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         async with self._guard():
-            await self._redis.set(self._entry_prefix + key, value, ex=ttl_seconds)
+            await self._redis.set(self.entry_key(key), value, ex=ttl_seconds)
 
     async def acquire_lock(self, key: str, ttl_seconds: float) -> bool:
         token = secrets.token_hex(16)
         px = max(1, int(ttl_seconds * 1000))
         async with self._guard():
-            acquired = await self._redis.set(self._lock_prefix + key, token, nx=True, px=px)
+            acquired = await self._redis.set(self.lock_key(key), token, nx=True, px=px)
         if acquired:
             self._tokens[key] = token
             return True
@@ -156,7 +173,25 @@ class RedisCacheBackend:
         if token is None:
             return
         async with self._guard():
-            await self._release_script(keys=[self._lock_prefix + key], args=[token])
+            await self._release_script(keys=[self.lock_key(key)], args=[token])
+
+    async def get_or_lock(self, key: str, ttl_seconds: float) -> tuple[bytes | None, bool]:
+        token = secrets.token_hex(16)
+        px = max(1, int(ttl_seconds * 1000))
+        async with self._guard():
+            entry, locked = await self._get_or_lock_script(
+                keys=[self.entry_key(key), self.lock_key(key)], args=[token, px]
+            )
+        if locked:
+            self._tokens[key] = token
+        return (bytes(entry) if entry is not None else None), bool(locked)
+
+    async def put_and_unlock(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        token = self._tokens.pop(key, "")
+        async with self._guard():
+            await self._put_and_unlock_script(
+                keys=[self.entry_key(key), self.lock_key(key)], args=[value, ttl_seconds, token]
+            )
 
     async def purge(self, scope: str | None) -> int:
         prefix = _glob_escape(self._entry_prefix)
@@ -267,6 +302,16 @@ class MemoryCacheBackend:
 
     async def release_lock(self, key: str) -> None:
         self._locks.pop(key, None)
+
+    async def get_or_lock(self, key: str, ttl_seconds: float) -> tuple[bytes | None, bool]:
+        entry = await self.get(key)
+        if entry is not None:
+            return entry, False
+        return None, await self.acquire_lock(key, ttl_seconds)
+
+    async def put_and_unlock(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        await self.put(key, value, ttl_seconds)
+        await self.release_lock(key)
 
     async def purge(self, scope: str | None) -> int:
         if scope is None:

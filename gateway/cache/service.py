@@ -117,6 +117,7 @@ class CachePlan:
     api: Api
     slot: Slot | None = None
     output_lowered: bool = False  # the gateway wrote a lower output limit than asked
+    backend_failed: bool = False  # the lookup could not reach the backend
 
 
 class CacheService:
@@ -178,22 +179,14 @@ class CacheService:
         return CachePlan(key=key, settings=settings, directives=directives, api=info.api)
 
     async def lookup(self, plan: CachePlan) -> tuple[CachedResponse | None, str]:
-        """The stored entry, if any, and the lookup's result: hit, miss, bypass or error."""
+        """The entry from this process's memory, if any, and the result so far: hit, miss or
+        bypass. The backend is asked by ``coalesce``, together with taking the lock."""
         if not plan.directives.lookup:
             return None, "bypass"
         local = self.local.get(plan.key)
         if local is not None:
             return local.entry, "hit"
-        try:
-            raw = await self.backend.get(plan.key)
-        except CacheBackendError as exc:
-            self._backend_error("cache_get", exc)
-            return None, "error"
-        entry = decode(raw) if raw is not None else None
-        if entry is None:
-            return None, "miss"
-        self.local.put(plan.key, entry, plan.settings.ttl_seconds - entry.age(self.clock()))
-        return entry, "hit"
+        return None, "miss"  # so far: ``coalesce`` asks the backend next
 
     def replay(self, key: str, entry: CachedResponse, *, include_usage: bool) -> bytes:
         """A stored stream as the client receives it, rendered once per framing."""
@@ -217,11 +210,13 @@ class CacheService:
             plan.key,
             lock_seconds=plan.settings.lock_seconds,
             wait_seconds=plan.settings.wait_seconds,
-            on_error=lambda exc: self._backend_error("cache_lock", exc),
+            on_error=lambda exc: self._backend_error("cache_get", exc, plan),
         ) as slot:
             entry = decode(slot.entry) if slot.entry is not None else None
             if entry is None:
                 plan.slot = slot
+            elif slot.outcome == "remote":
+                self.local.put(plan.key, entry, plan.settings.ttl_seconds - entry.age(self.clock()))
             try:
                 yield entry
             finally:
@@ -277,12 +272,21 @@ class CacheService:
         if not plan.directives.store:
             return
         self.local.put(plan.key, entry, plan.settings.ttl_seconds)
+        slot = plan.slot
         try:
-            await self.backend.put(plan.key, data, plan.settings.ttl_seconds)
+            if slot is not None and slot.holds_lock:
+                slot.holds_lock = False
+                await self.backend.put_and_unlock(plan.key, data, plan.settings.ttl_seconds)
+            else:
+                await self.backend.put(plan.key, data, plan.settings.ttl_seconds)
         except CacheBackendError as exc:
             self._backend_error("cache_put", exc)
 
-    def _backend_error(self, operation: str, exc: CacheBackendError) -> None:
+    def _backend_error(
+        self, operation: str, exc: CacheBackendError, plan: CachePlan | None = None
+    ) -> None:
+        if plan is not None:
+            plan.backend_failed = True
         self.metrics.store_errors.labels(operation=operation).inc()
         log.warning("cache backend error", extra={"operation": operation, "error": str(exc)})
 

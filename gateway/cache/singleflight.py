@@ -64,6 +64,8 @@ class Slot:
     #: Other requests are waiting for this one's ``publish``.
     leader: bool
     outcome: Outcome
+    #: This replica holds the backend lock; ``put_and_unlock`` stores and releases it at once.
+    holds_lock: bool = False
     _future: asyncio.Future[bytes | None] | None = field(default=None, repr=False)
 
     def publish(self, value: bytes | None) -> None:
@@ -148,20 +150,18 @@ async def coalesce(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         delay = _FIRST_POLL_SECONDS
-        holds_lock = False
         try:
             entry: bytes | None = None
             outcome: Outcome
             try:
                 while True:
-                    if await backend.acquire_lock(key, lock_seconds):
-                        holds_lock = True
-                        entry = await backend.get(key)
-                        outcome = "leader" if entry is None else "remote"
-                        break
-                    entry = await backend.get(key)
+                    entry, holds_lock = await backend.get_or_lock(key, lock_seconds)
+                    slot.holds_lock = holds_lock
                     if entry is not None:
                         outcome = "remote"
+                        break
+                    if holds_lock:
+                        outcome = "leader"
                         break
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -178,7 +178,8 @@ async def coalesce(
                 slot.entry, slot.leader = entry, False
             yield slot
         finally:
-            if holds_lock:
+            if slot.holds_lock:  # still ours: the leader did not store (put_and_unlock)
+                slot.holds_lock = False
                 try:
                     await backend.release_lock(key)
                 except CacheBackendError as exc:
