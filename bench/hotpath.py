@@ -107,9 +107,10 @@ def profile_gateway(bench: Bench, report: Report, seconds: float = 10.0, top: in
     mode = os.environ.get("BENCH_PROFILE_MODE", "json")
     report.heading(f"Profile: gateway, {mode.upper()}, c=16 (py-spy)")
     py_spy = VENV_BIN / "py-spy"
-    gateway = next((r for r in bench.running if r.name == "gateway"), None)
+    target = os.environ.get("BENCH_PROFILE_TARGET", "gateway")
+    gateway = next((r for r in bench.running if r.name == target), None)
     if gateway is None:
-        report.note("no `gateway` target running: nothing to profile")
+        report.note(f"no `{target}` target running: nothing to profile")
         return
     if not py_spy.exists():
         report.note("py-spy is not installed: .venv/bin/pip install py-spy")

@@ -32,6 +32,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.store.batching import ScriptBatcher
+
 __all__ = [
     "CacheBackend",
     "CacheBackendError",
@@ -128,6 +130,8 @@ class RedisCacheBackend:
         self._release_script = redis.register_script(_lua("release_lock.lua"))
         self._get_or_lock_script = redis.register_script(_lua("get_or_lock.lua"))
         self._put_and_unlock_script = redis.register_script(_lua("put_and_unlock.lua"))
+        # Lookups and stores of concurrent requests share round trips (see ScriptBatcher).
+        self._batcher = ScriptBatcher(redis)
         #: key -> token of the locks this instance holds.
         self._tokens: dict[str, str] = {}
 
@@ -179,8 +183,8 @@ class RedisCacheBackend:
         token = secrets.token_hex(16)
         px = max(1, int(ttl_seconds * 1000))
         async with self._guard():
-            entry, locked = await self._get_or_lock_script(
-                keys=[self.entry_key(key), self.lock_key(key)], args=[token, px]
+            entry, locked = await self._batcher.call(
+                self._get_or_lock_script, [self.entry_key(key), self.lock_key(key)], [token, px]
             )
         if locked:
             self._tokens[key] = token
@@ -189,8 +193,10 @@ class RedisCacheBackend:
     async def put_and_unlock(self, key: str, value: bytes, ttl_seconds: int) -> None:
         token = self._tokens.pop(key, "")
         async with self._guard():
-            await self._put_and_unlock_script(
-                keys=[self.entry_key(key), self.lock_key(key)], args=[value, ttl_seconds, token]
+            await self._batcher.call(
+                self._put_and_unlock_script,
+                [self.entry_key(key), self.lock_key(key)],
+                [value, ttl_seconds, token],
             )
 
     async def purge(self, scope: str | None) -> int:

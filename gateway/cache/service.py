@@ -55,7 +55,7 @@ _TRUNCATED = (b'"finish_reason":"length"', b'"finish_reason": "length"')
 #: Entries are immutable (a key names one response), so serving them from memory for a short
 #: while is safe; it only delays a purge by at most ``L1_TTL_SECONDS`` on other replicas.
 L1_TTL_SECONDS = 30.0
-L1_MAX_BYTES = 64 * 1024 * 1024
+L1_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
