@@ -115,6 +115,25 @@ class StreamMeter:
                 return b""
         seplen = len(sep)
 
+        if self.api is Api.CHAT or self.api is Api.COMPLETIONS:
+            last = data.rfind(sep, max(0, start - seplen + 1))
+            if last < 0:
+                self._scan = max(start, len(data) - seplen + 1)
+                if data is not buf:
+                    buf += data
+                return b""
+            end = last + seplen
+            saved = (self.events, self.done, self.usage)
+            fast = self._fast_chat(bytes(data[:end]))
+            if fast is None:
+                self.events, self.done, self.usage = saved  # the slow path redoes it all
+            else:
+                rest = bytes(data[end:]) if end < len(data) else b""
+                buf.clear()
+                buf += rest
+                self._scan = max(0, len(rest) - seplen + 1)
+                return fast
+
         pos = 0  # start of the current event
         emit_from = 0  # start of the bytes not yet copied into ``parts``
         parts: list[Buffer] | None = None  # only built when an event is rewritten or dropped
@@ -150,6 +169,53 @@ class StreamMeter:
         elif pos < size:
             buf += memoryview(chunk)[pos:]
         return out
+
+    def _fast_chat(self, region: bytes) -> bytes | None:
+        """A run of complete Chat/Completions events at C speed, or None for the slow path.
+
+        The common stream is ``data:`` events only, the gateway's ``,"usage":null`` key at the
+        end of each, and one usage chunk near the end: the keys go in one ``bytes.replace``
+        over the run, the usage chunk is handled alone by ``_process``. Anything else
+        (comments, ``id:`` lines, odd key order) takes the event-by-event path.
+        """
+        sep = self._sep
+        assert sep is not None
+        usage_at = region.find(b'"usage":{')
+        if usage_at < 0:
+            usage_at = region.find(b'"usage": {')
+        if usage_at < 0:
+            return self._fast_plain(region, sep)
+        start = region.rfind(sep, 0, usage_at)
+        start = 0 if start < 0 else start + len(sep)
+        end = region.find(sep, usage_at) + len(sep)
+        head = self._fast_plain(region[:start], sep)
+        if head is None:
+            return None
+        replaced = self._process(region, start, end)
+        middle = region[start:end] if replaced is None else replaced
+        tail = self._fast_chat(region[end:])
+        if tail is None:
+            return None  # the caller restores the state and takes the slow path
+        return head + middle + tail
+
+    def _fast_plain(self, region: bytes, sep: bytes) -> bytes | None:
+        if not region:
+            return b""
+        count = region.count(sep)
+        if (
+            not region.startswith(b"data:")
+            or region.count(sep + b"data:") != count - 1
+            or sep + self._eol in region  # a stray blank line: let the slow path frame it
+        ):
+            return None
+        if self.hide_usage:
+            region = region.replace(b',"usage":null}' + sep, b"}" + sep)
+            if b'"usage":null' in region:
+                return None
+        self.events += count
+        if region.startswith(_DONE_PREFIXES) or any(sep + d in region for d in _DONE_PREFIXES):
+            self.done = True
+        return region
 
     def flush(self) -> bytes:
         """The held partial event, unchanged: at EOF there is nothing left to wait for."""
