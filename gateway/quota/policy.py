@@ -119,9 +119,19 @@ def plan_request(
     return QuotaPlan(
         windows=tuple(by_key.values()),
         requested_output=output,
-        min_output=min(profile.min_output_tokens, output),
+        min_output=min(_useful_minimum(info.api, profile), output),
         choices=choices,
     )
+
+
+#: The Responses API refuses ``max_output_tokens`` below 16: never clamp a request under it.
+RESPONSES_MIN_OUTPUT_TOKENS = 16
+
+
+def _useful_minimum(api: Api, profile: ModelProfile) -> int:
+    if api is Api.RESPONSES:
+        return max(profile.min_output_tokens, RESPONSES_MIN_OUTPUT_TOKENS)
+    return profile.min_output_tokens
 
 
 def _amounts(metric: str, prompt: int, choices: int, profile: ModelProfile) -> tuple[int, int]:
