@@ -197,9 +197,22 @@ class Authenticator:
             raise AuthenticationError(
                 f"Invalid API key: claim {self._config.team_claim!r} must be a team name."
             )
-        exp = claims.get("exp")
-        expires_at = float(exp) + self._config.leeway_seconds if isinstance(exp, int) else None
-        return Principal(team=team, expires_at=expires_at)
+        return Principal(team=team, expires_at=self._cache_expiry(claims.get("exp")))
+
+    def _cache_expiry(self, exp: Any) -> float | None:
+        """When a verified token stops being valid, read the way PyJWT reads ``exp``.
+
+        PyJWT accepts any ``exp`` that ``int()`` takes (a fractional NumericDate, as RFC 7519
+        allows, or a numeric string). Reading only ``int`` here cached such tokens with no
+        expiry, so they kept working after ``exp``. ``None`` only when there is no ``exp``.
+        """
+        if exp is None:
+            return None
+        try:
+            seconds = int(exp)
+        except (TypeError, ValueError, OverflowError):
+            return self._clock()  # unreachable after PyJWT's check; never cache past now
+        return seconds + self._config.leeway_seconds
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -25,7 +25,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import UpstreamConfig
-from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.errors import GatewayError, UpstreamTimeoutError, UpstreamUnavailableError
 
 HOP_BY_HOP = frozenset(
     {
@@ -168,6 +168,10 @@ class Upstream:
         except TimeoutError:
             raise UpstreamTimeoutError("The upstream API did not answer in time.") from None
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, GatewayError):
+                # Raised by the request body while aiohttp streamed it (a client's upload went
+                # past ``server.max_upload_bytes``): the client's error (413), not a 502.
+                raise exc.__cause__ from None
             raise UpstreamUnavailableError(
                 f"The upstream API could not be reached ({type(exc).__name__})."
             ) from None

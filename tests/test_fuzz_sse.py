@@ -20,6 +20,7 @@ that with ``hide_usage`` the usage-only chunk and the ``"usage":null`` keys the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -30,14 +31,12 @@ from hypothesis import strategies as st
 
 from gateway import json_codec
 from gateway.cache.entry import CachedResponse, SseRecorder, replay_events
-from gateway.endpoints import Api, Usage
+from gateway.endpoints import BAD_JSON, Api, Usage
 from gateway.relay import StreamEnd, relay_sse
 from gateway.sse import StreamMeter
 
 EOLS = [b"\n", b"\r\n", b"\r"]
-line_text = st.text(
-    st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12
-)
+line_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12)
 content_text = st.text(max_size=16) | st.sampled_from(
     [
         '"usage":null',
@@ -106,7 +105,7 @@ def chat_streams(draw: st.DrawFn) -> Stream:
         if client_lines is not None:
             client.append(eol.join(client_lines) + eol + eol)
 
-    items = draw(
+    items: list[Any] = draw(
         st.lists(
             st.one_of(
                 st.tuples(st.just("chunk"), content_text, styles, st.sampled_from(["", "id", ":"])),
@@ -199,7 +198,7 @@ def responses_streams(draw: st.DrawFn) -> Stream:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(max(c, 0), len(data)) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def run_meter(meter: StreamMeter, pieces: list[bytes]) -> bytes:
@@ -306,7 +305,7 @@ def _usage_only(event: bytes) -> bool:
     ]
     try:
         obj = json_codec.loads(b"\n".join(lines))
-    except (*json_codec.JSONDecodeError, RecursionError):
+    except BAD_JSON:
         return False
     return isinstance(obj, dict) and obj.get("choices") == []
 
@@ -388,7 +387,8 @@ class _Client:
 def sse_parse(data: bytes) -> list[str]:
     """The data of each dispatched event, per the HTML SSE parsing rules (what the SDKs do).
     An unterminated event at EOF is discarded, as the spec says."""
-    events, buf = [], []
+    events: list[str] = []
+    buf: list[str] = []
     text = data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
     for line in text.split("\n")[:-1]:
         if not line:
@@ -465,7 +465,7 @@ def test_a_recorded_stream_replays_the_bytes_a_live_request_gets(
     stream: Stream, cuts: list[int], hide: bool
 ) -> None:
     """A cache hit must be byte-identical to the miss (README: Response cache, Serving)."""
-    client, result, meter, recorder = relay(stream, split(stream.upstream, cuts), None, hide)
+    client, _, meter, recorder = relay(stream, split(stream.upstream, cuts), None, hide)
     events = recorder.result()
     if not meter.done or (stream.api is Api.RESPONSES and stream.usage is None):
         return
