@@ -282,7 +282,12 @@ def _print_banner(config: GatewayConfig, with_mock: bool) -> None:
         f"  OpenAI gateway listening on {base}"
         + ("  (offline mock upstream: no OPENAI_API_KEY set)" if with_mock else ""),
     ]
-    if team and config.auth.hs_secret is not None:
+    # A working token in the output is for someone at a terminal (or the offline demo); a
+    # pod's log pipeline must never receive one.
+    interactive = with_mock or sys.stderr.isatty()
+    if not interactive:
+        lines.append("  Mint a team token with: gateway token --team <team> --ttl 24h\n")
+    elif team and config.auth.hs_secret is not None:
         token = mint_token(
             config.auth.hs_secret.get_secret_value(),
             team,

@@ -39,6 +39,7 @@ from gateway.errors import (
     AuthenticationError,
     GatewayError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     PermissionDeniedError,
     QuotaExceededError,
@@ -59,6 +60,10 @@ from gateway.relay import (
 )
 from gateway.sse import StreamMeter
 from gateway.state import STATE, GatewayState
+
+#: The methods the OpenAI API uses. TRACE and CONNECT never reach the upstream: an upstream
+#: (or a proxy before it) that answered TRACE would echo the real key back.
+FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
@@ -206,6 +211,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
 async def _proxy(
     request: web.Request, state: GatewayState, config: GatewayConfig, exchange: Exchange
 ) -> web.StreamResponse:
+    if request.method not in FORWARDED_METHODS:
+        raise MethodNotAllowedError(f"Method {request.method} is not supported.")
     path = api_path(request)
     authorization = request.headers.getall("Authorization", [])
     if len(authorization) > 1:
@@ -324,7 +331,8 @@ async def _serve_hit(call: MeteredCall, key: str, entry: CachedResponse) -> web.
     if entry.events is None:
         return web.Response(status=entry.status, body=entry.body, headers=headers)
     client = web.StreamResponse(status=entry.status, headers=headers)
-    await client.prepare(call.request)
+    if not await _prepare(client, call.request, exchange):
+        return client
     replay = cache.replay(key, entry, include_usage=call.info.include_usage)
     result = await relay_events(client, [replay])
     _note_stream_end(exchange, result)
@@ -454,13 +462,16 @@ async def _forward_metered(
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 300 and content_type.startswith("text/event-stream"):
             client = web.StreamResponse(status=upstream.status, headers=response_headers)
-            await client.prepare(request)
+            if not await _prepare(client, request, exchange):
+                return client
             meter = StreamMeter(api, hide_usage=hide_usage)
             recorder = state.cache.recorder(plan) if plan is not None else None
             result = await relay_sse(upstream, client, meter, recorder)
             exchange.upstream_seconds = time.perf_counter() - sent_at
             exchange.usage = meter.usage
             _note_stream_end(exchange, result)
+            if result.end is StreamEnd.UPSTREAM_CUT and meter.events == 0:
+                exchange.released = True  # cut before its first event: nothing was produced
             if plan is not None and recorder is not None:
                 await state.cache.store_stream(plan, upstream.status, upstream.headers, recorder)
             return client
@@ -554,7 +565,8 @@ async def _passthrough(
         client = web.StreamResponse(status=upstream.status, headers=response_headers)
         # Bytes pass through undecoded (auto_decompress=False), so the length still holds.
         client.content_length = upstream.content_length
-        await client.prepare(request)
+        if not await _prepare(client, request, exchange):
+            return client
         result = await relay_raw(request, upstream, client)
         exchange.upstream_seconds = time.perf_counter() - sent_at
         _note_stream_end(exchange, result)
@@ -571,6 +583,16 @@ async def _bounded_body(request: web.Request, limit: int) -> AsyncIterator[bytes
             # Past the limit mid-upload: aborting the upstream request is all that is left.
             raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
         yield chunk
+
+
+async def _prepare(client: web.StreamResponse, request: web.Request, exchange: Exchange) -> bool:
+    """Send a stream's status and headers; False when the client has already gone."""
+    try:
+        await client.prepare(request)
+    except (ConnectionError, aiohttp.ClientConnectionResetError, RuntimeError):
+        exchange.outcome = StreamEnd.CLIENT_GONE.value
+        return False
+    return True
 
 
 def _note_stream_end(exchange: Exchange, result: RelayResult) -> None:

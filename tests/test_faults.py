@@ -324,13 +324,6 @@ async def test_malformed_upstream_bytes_pass_through_and_stay_charged(
     assert after == Quota(used=2 * RESERVE, reserved=0, open=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers._forward_metered keeps the reservation charged when an upstream stream "
-    "is cut before its first event (headers sent, zero events: x-mock-drop-after-chunks: 0), "
-    "though nothing was produced; README says an upstream error before any output releases "
-    "it. Fix: set exchange.released when relay_sse ends UPSTREAM_CUT with meter.events == 0.",
-)
 async def test_stream_cut_before_its_first_event_is_released(
     make_gateway, redis_server: RedisProcess, redis_client: aioredis.Redis
 ) -> None:
@@ -426,14 +419,6 @@ async def test_client_gone_before_the_upstream_answers_leaks_nothing(
     await sdk_still_serves(gw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers._forward_metered: when a streaming client has gone before the upstream "
-    "answered, client.prepare() raises ClientConnectionResetError, which reaches the "
-    "middleware as an unhandled error: logged at ERROR with a traceback and counted as a 5xx "
-    "in gateway_requests_total (trips GatewayServerErrorRateHigh) for what is a client "
-    "disconnect. Fix: treat a failed prepare like a failed write (outcome client_gone).",
-)
 async def test_client_gone_before_the_headers_is_not_a_server_error(
     make_gateway, upstream: MockUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -344,13 +344,6 @@ def test_check_config_names_the_bad_field_never_a_secret(
     assert code == 0 and not secrets_in(out, secrets), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/cli.py _print_banner: `gateway serve` mints a 24-hour token for the first "
-    "enabled team and prints it on stdout at every start whenever auth.hs_secret is set, so "
-    "each pod start writes a working team JWT into the log pipeline. Fix: print the banner "
-    "(and the token) only for interactive runs (a TTY, `make run`, --mock-upstream).",
-)
 async def test_serve_writes_no_team_token_to_its_output(
     upstream: MockUpstream, tmp_path: Path
 ) -> None:
