@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import web
@@ -168,19 +168,33 @@ def new_request_id() -> str:
 
 
 def api_path(request: web.Request) -> str:
-    """The path relative to the upstream's /v1, checked so it cannot climb out of it."""
+    """The path relative to the upstream's /v1, in one canonical spelling.
+
+    The gateway classifies (metered or not), checks and forwards the *same* string: the
+    percent-decoded path, re-encoded canonically. Otherwise ``/v1/%63hat/completions`` would be
+    passed through unmetered while the upstream decodes it to ``/chat/completions``. Spellings
+    that different servers read differently are refused: encoded separators, empty segments,
+    ``;`` parameters, backslashes, dot segments and control characters.
+    """
     raw = request.rel_url.raw_path
-    if raw == "/v1" or raw.startswith("/v1/"):
-        raw = raw[3:] or "/"
+    lowered = raw.lower()
+    if "%2f" in lowered or "%5c" in lowered:
+        raise InvalidRequestError("Invalid request path.", code="invalid_path")
     decoded = unquote(raw)
-    segments = decoded.split("/")
+    if decoded == "/v1" or decoded.startswith("/v1/"):
+        decoded = decoded[3:] or "/"
     if (
-        any(seg in (".", "..") for seg in segments)
+        "//" in decoded
+        or ";" in decoded
         or "\\" in decoded
-        or any(ord(ch) < 0x20 for ch in decoded)
+        or any(seg in (".", "..") for seg in decoded.split("/"))
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in decoded)
     ):
         raise InvalidRequestError("Invalid request path.", code="invalid_path")
-    return raw
+    return quote(decoded, safe=_PATH_SAFE)
+
+
+_PATH_SAFE = "/-._~!$&'()*+,=:@"
 
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
@@ -360,7 +374,9 @@ async def _charged(call: MeteredCall, plan: CachePlan | None) -> web.StreamRespo
         )
         if hide_usage:
             body = with_usage_requested(info, body)
-        payload = call.raw if body is call.original else json_codec.dumps(body)
+        # Always the gateway's own serialisation, never the client's bytes: a body with
+        # duplicate keys must mean to the upstream exactly what the gateway checked.
+        payload = json_codec.dumps(body)
         extra_headers = dict(reservation.headers) if reservation is not None else {}
         if limit is not None:
             extra_headers["x-gateway-output-limit"] = str(limit)

@@ -445,7 +445,10 @@ async def test_client_gone_before_the_headers_is_not_a_server_error(
     async with aiohttp.ClientSession() as s, s.get(gw.root + "/metrics") as resp:
         metrics = await resp.text()
     assert 'status_class="5xx"' not in metrics
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The gateway's and aiohttp's own records (an earlier test's SDK client may still report
+    # its closed loop on the asyncio logger).
+    ours = [r for r in caplog.records if r.name.startswith(("gateway", "aiohttp"))]
+    assert not [r for r in ours if r.levelno >= logging.ERROR]
 
 
 async def sdk_still_serves(gw: RunningGateway) -> None:
