@@ -35,6 +35,7 @@ from gateway.proxy import Upstream
 from gateway.quota.service import QuotaService
 from gateway.state import STATE, GatewayState
 from gateway.store.base import QuotaStore, StoreError
+from gateway.store.breaker import StoreBreaker
 from gateway.store.memory import MemoryQuotaStore
 from gateway.store.redis import RedisQuotaStore
 from gateway.store.redis import connect as connect_redis
@@ -201,6 +202,7 @@ def create_app(
         session = upstream_session or Upstream.create_session(config.upstream)
         store, cache_backend = build_stores(config)
         metrics = Metrics(registry)
+        breaker = StoreBreaker()  # quotas and cache share one Redis: one view of its health
         quotas = QuotaService(
             store,
             on_error=config.store.on_error,
@@ -208,8 +210,9 @@ def create_app(
             + config.store.reservation_grace_seconds,
             clock=clock,
             metrics=metrics,
+            breaker=breaker,
         )
-        cache = CacheService(cache_backend, metrics, clock=clock)
+        cache = CacheService(cache_backend, metrics, clock=clock, breaker=breaker)
         purges = None
         if isinstance(cache_backend, RedisCacheBackend):
             purges = asyncio.get_running_loop().create_task(

@@ -45,6 +45,7 @@ from gateway.cache.singleflight import SingleFlight, Slot, coalesce
 from gateway.config import GatewayConfig, TeamConfig
 from gateway.endpoints import Api, RequestInfo, Usage
 from gateway.metrics import Metrics
+from gateway.store.breaker import StoreBreaker
 
 log = logging.getLogger("gateway.cache")
 
@@ -127,8 +128,10 @@ class CacheService:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        breaker: StoreBreaker | None = None,
     ) -> None:
         self.backend = backend
+        self.breaker = breaker if breaker is not None else StoreBreaker()
         self.metrics = metrics
         self.clock = clock
         self.flight = SingleFlight()
@@ -204,6 +207,10 @@ class CacheService:
     async def coalesce(self, plan: CachePlan) -> AsyncIterator[CachedResponse | None]:
         """Wait for an identical request in flight (here or on another replica); yields its
         entry, or None when this request must go upstream itself (then ``store`` publishes)."""
+        if not self.breaker.available():
+            plan.backend_failed = True  # the store failed moments ago: do not wait on it again
+            yield None
+            return
         async with coalesce(
             self.flight,
             self.backend,
@@ -273,6 +280,8 @@ class CacheService:
             return
         self.local.put(plan.key, entry, plan.settings.ttl_seconds)
         slot = plan.slot
+        if not self.breaker.available():
+            return
         try:
             if slot is not None and slot.holds_lock:
                 slot.holds_lock = False
@@ -287,6 +296,7 @@ class CacheService:
     ) -> None:
         if plan is not None:
             plan.backend_failed = True
+        self.breaker.failed(exc)
         self.metrics.store_errors.labels(operation=operation).inc()
         log.warning("cache backend error", extra={"operation": operation, "error": str(exc)})
 

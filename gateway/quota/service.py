@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.config import QuotaRule
 from gateway.endpoints import Usage
@@ -34,6 +34,7 @@ from gateway.quota.policy import (
 from gateway.quota.windows import window_at
 from gateway.store import keys
 from gateway.store.base import QuotaStore, StoreError, WindowCharge, WindowUsage
+from gateway.store.breaker import StoreBreaker, is_timeout
 from gateway.store.memory import MemoryQuotaStore
 
 log = logging.getLogger("gateway.quota")
@@ -78,6 +79,7 @@ class QuotaService:
         clock: Clock = time.time,
         local: MemoryQuotaStore | None = None,
         metrics: Metrics | None = None,
+        breaker: StoreBreaker | None = None,
     ) -> None:
         self.store = store
         self.local = local or (store if isinstance(store, MemoryQuotaStore) else MemoryQuotaStore())
@@ -85,6 +87,7 @@ class QuotaService:
         self.hold_seconds = hold_seconds
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
+        self.breaker = breaker if breaker is not None else StoreBreaker()
         self._background: set[asyncio.Task[None]] = set()
 
     async def reserve(self, team: str, request_id: str, plan: QuotaPlan) -> Reservation:
@@ -92,6 +95,8 @@ class QuotaService:
         now = self.clock()
         store: QuotaStore | None = self.store
         try:
+            if not self.breaker.available():
+                raise StoreError("store failed moments ago; not asked again yet")
             outcome = await self.store.reserve(
                 team,
                 request_id,
@@ -101,7 +106,14 @@ class QuotaService:
                 now=now,
                 hold_until=now + self.hold_seconds,
             )
+            self.breaker.succeeded()
         except StoreError as exc:
+            if exc.__cause__ is not None:
+                self.breaker.failed(exc)
+                if is_timeout(exc):
+                    # No answer is not a refusal: Redis may still run it (on waking up, say),
+                    # so undo it in the background once Redis answers again.
+                    self._spawn(self._cancel_lost(team, request_id))
             self.metrics.store_errors.labels(operation="quota_reserve").inc()
             log.warning("quota store unavailable", extra={"error": str(exc), "mode": self.on_error})
             if self.on_error == "closed":
@@ -155,11 +167,35 @@ class QuotaService:
             actual = actual_amounts(reservation.plan, usage)
         try:
             await self._settle(reservation, actual)
-        except StoreError:
+        except StoreError as exc:
             self.metrics.store_errors.labels(operation="quota_settle").inc()
-            task = asyncio.get_running_loop().create_task(self._retry(reservation, actual))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            if reservation.store is self.store:
+                self.breaker.failed(exc)
+            self._spawn(self._retry(reservation, actual))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cancel_lost(self, team: str, request_id: str) -> None:
+        """Release a reservation Redis may have made although its reply never came back."""
+        deadline = self.clock() + self.hold_seconds
+        not_found = 0
+        for delay in (*SETTLE_RETRY_DELAYS_SECONDS, *[30.0] * 1000):
+            await asyncio.sleep(delay)
+            try:
+                if await self.store.cancel(team, request_id):
+                    return
+            except StoreError:
+                if self.clock() > deadline:
+                    return  # it has expired by itself by now
+                continue
+            # Redis answered and holds no such reservation. Ask once more: a reserve still
+            # queued on another connection of a Redis just woken up may run after this cancel.
+            not_found += 1
+            if not_found >= 2:
+                return
 
     async def _settle(self, reservation: Reservation, actual: list[int]) -> None:
         assert reservation.store is not None
@@ -211,7 +247,11 @@ class QuotaService:
             for rule, u, w in zip(rules, found, windows, strict=True)
         ]
 
-    async def drain(self) -> None:
-        """Wait for background settlement retries (at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def drain(self, timeout_seconds: float = 5.0) -> None:
+        """At shutdown: give background settlements a moment; their holds expire anyway."""
+        if not self._background:
+            return
+        _, pending = await asyncio.wait(set(self._background), timeout=timeout_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -79,6 +79,10 @@ class QuotaStore(Protocol):
         """Replace the request's reservation by what it really used, in one step."""
         ...
 
+    async def cancel(self, team: str, request_id: str) -> bool:
+        """Release a reservation whose reserve reply was lost (it may or may not exist)."""
+        ...
+
     async def peek(
         self, team: str, charges: Sequence[WindowCharge], *, now: float
     ) -> list[WindowUsage]: ...

@@ -125,6 +125,16 @@ class MemoryQuotaStore:
                 counter.used += used
                 counter.expires_at = charge.expires_at
 
+    async def cancel(self, team: str, request_id: str) -> bool:
+        resv = self._reservations.get(team, {}).pop(request_id, None)
+        if resv is None:
+            return False
+        for counter_key, amount in resv.amounts.items():
+            counter = self._counters.get((team, counter_key))
+            if counter is not None:
+                counter.reserved -= amount
+        return True
+
     async def peek(
         self, team: str, charges: Sequence[WindowCharge], *, now: float
     ) -> list[WindowUsage]:

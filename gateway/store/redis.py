@@ -54,6 +54,7 @@ class RedisQuotaStore:
         )
         self._settle = client.register_script(_script_source("settle_tokens.lua"))
         self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
+        self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
         self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:
@@ -125,6 +126,18 @@ class RedisQuotaStore:
             ],
             args,
         )
+
+    async def cancel(self, team: str, request_id: str) -> bool:
+        """Release a reservation whose reserve reply was lost; True if there was one."""
+        reply = await self._call(
+            self._cancel,
+            [
+                keys.reservation_index(self._prefix, team),
+                keys.reservation_record(self._prefix, team, request_id),
+            ],
+            [request_id],
+        )
+        return bool(int(reply))
 
     async def peek(
         self, team: str, charges: Sequence[WindowCharge], *, now: float
