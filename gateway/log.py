@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from gateway import json_codec
 
 ACCESS_LOGGER = "gateway.access"
@@ -101,6 +103,22 @@ class BufferedLineHandler(logging.Handler):
         super().close()
 
 
+class ParserErrorFilter(logging.Filter):
+    """aiohttp logs an unparsable request with its exception, which quotes the offending line:
+    a malformed ``Authorization`` header would put a team token in the log. Keep the event,
+    drop the quote."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            event = record.getMessage()
+            record.msg = "%s (malformed HTTP request: %s, details withheld)"
+            record.args = (event, type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class AccessLog:
     """One JSON line per request.
 
@@ -137,6 +155,9 @@ ACCESS = AccessLog()
 def configure_logging(level: str) -> None:
     handler = BufferedLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ParserErrorFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -376,13 +376,6 @@ async def _send_malformed_authorization(port: int, tok: str) -> bytes:
     return answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp logs an HTTP parser error (logger aiohttp.server, 'Error handling request', "
-    "with the traceback) quoting the offending header line, so a malformed Authorization "
-    "line puts the team JWT in the gateway's log. Fix in gateway/log.py configure_logging: a "
-    "filter on aiohttp.server that drops or redacts BadHttpMessage details.",
-)
 async def test_malformed_authorization_line_does_not_put_the_token_in_the_log(
     upstream: MockUpstream, tmp_path: Path
 ) -> None:
