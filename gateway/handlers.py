@@ -465,7 +465,7 @@ async def _forward_metered(
         )
     except GatewayError as exc:
         exchange.released = True  # nothing reached the upstream model
-        exchange.upstream_error = "timeout" if exc.status == 504 else "connect"
+        exchange.upstream_error = _upstream_error_kind(exc)
         raise
     try:
         exchange.upstream_request_id = upstream.headers.get("x-request-id")
@@ -570,7 +570,7 @@ async def _passthrough(
             request.method, path, request.rel_url.raw_query_string, headers, body
         )
     except GatewayError as exc:
-        exchange.upstream_error = "timeout" if exc.status == 504 else "connect"
+        exchange.upstream_error = _upstream_error_kind(exc)
         raise
     if upstream.status >= 400:
         exchange.upstream_error = f"status_{upstream.status // 100}xx"
@@ -599,6 +599,14 @@ async def _bounded_body(request: web.Request, limit: int) -> AsyncIterator[bytes
             # Past the limit mid-upload: aborting the upstream request is all that is left.
             raise RequestTooLargeError(f"Request body exceeds {limit} bytes.")
         yield chunk
+
+
+def _upstream_error_kind(exc: GatewayError) -> str | None:
+    if exc.status == 504:
+        return "timeout"
+    if exc.status in (502, 503):
+        return "connect"
+    return None  # e.g. 413: the client's upload was too large, not an upstream failure
 
 
 async def _prepare(client: web.StreamResponse, request: web.Request, exchange: Exchange) -> bool:
