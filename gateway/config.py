@@ -32,6 +32,7 @@ from pydantic import (
 
 TEAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 Algorithm = Literal[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"
@@ -118,6 +119,11 @@ class AuthConfig(_Model):
         wants_asym = any(a in ASYMMETRIC_ALGORITHMS for a in self.algorithms)
         if wants_hmac and self.hs_secret is None:
             raise ValueError("hs_secret is required when an HS* algorithm is allowed")
+        if self.hs_secret is not None:
+            # RFC 7518 3.2: a key at least as long as the hash output.
+            needed = max((_HMAC_KEY_BYTES.get(a, 32) for a in self.algorithms), default=32)
+            if len(self.hs_secret.get_secret_value().encode()) < needed:
+                raise ValueError(f"hs_secret must be at least {needed} bytes for {self.algorithms}")
         if wants_asym and self.public_key is None and self.jwks_url is None:
             raise ValueError(
                 "public_key or jwks_url is required when an asymmetric algorithm is allowed"
