@@ -86,18 +86,23 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_usage(args: argparse.Namespace) -> int:
+def _redis_config(args: argparse.Namespace, embedded_hint: str) -> GatewayConfig:
+    """The config of a command that reads Redis directly (with an optional --team)."""
     config = _load_or_exit(_config_path(args.config))
     if config.store.redis_url is None:
-        print(
-            "error: no store.redis_url: the embedded store lives inside the gateway process; "
-            "ask it with GET /v1/gateway/usage",
-            file=sys.stderr,
-        )
-        return 1
+        print(f"error: no store.redis_url: {embedded_hint}", file=sys.stderr)
+        raise SystemExit(1)
     if args.team is not None and args.team not in config.teams:
         print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
-        return 1
+        raise SystemExit(1)
+    return config
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    config = _redis_config(
+        args,
+        "the embedded store lives inside the gateway process; ask it with GET /v1/gateway/usage",
+    )
     rows = asyncio.run(_usage_rows(config, [args.team] if args.team else list(config.teams)))
     if rows is None:
         print("error: the quota store is unreachable", file=sys.stderr)
@@ -153,17 +158,9 @@ async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[obj
 
 
 def cmd_cache_purge(args: argparse.Namespace) -> int:
-    config = _load_or_exit(_config_path(args.config))
-    if config.store.redis_url is None:
-        print(
-            "error: no store.redis_url: the embedded cache lives inside the gateway process "
-            "and empties when it restarts",
-            file=sys.stderr,
-        )
-        return 1
-    if args.team is not None and args.team not in config.teams:
-        print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
-        return 1
+    config = _redis_config(
+        args, "the embedded cache lives inside the gateway process and empties when it restarts"
+    )
     scope = None if args.team is None else f"team:{args.team}"
     try:
         removed = asyncio.run(_purge(config, scope))

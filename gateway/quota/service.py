@@ -33,7 +33,13 @@ from gateway.quota.policy import (
 )
 from gateway.quota.windows import window_at
 from gateway.store import keys
-from gateway.store.base import QuotaStore, StoreError, WindowCharge, WindowUsage
+from gateway.store.base import (
+    QuotaStore,
+    ReserveOutcome,
+    StoreError,
+    WindowCharge,
+    WindowUsage,
+)
 from gateway.store.breaker import StoreBreaker, is_timeout
 from gateway.store.memory import MemoryQuotaStore
 
@@ -97,15 +103,7 @@ class QuotaService:
         try:
             if not self.breaker.available():
                 raise StoreError("store failed moments ago; not asked again yet")
-            outcome = await self.store.reserve(
-                team,
-                request_id,
-                plan.charges,
-                requested_output=plan.requested_output,
-                min_output=plan.min_output,
-                now=now,
-                hold_until=now + self.hold_seconds,
-            )
+            outcome = await self._reserve_in(self.store, team, request_id, plan, now)
             self.breaker.succeeded()
         except StoreError as exc:
             if exc.__cause__ is not None:
@@ -125,15 +123,7 @@ class QuotaService:
             if self.on_error == "open":
                 return Reservation(team, request_id, plan, plan.requested_output, None, [])
             store = self.local
-            outcome = await self.local.reserve(
-                team,
-                request_id,
-                plan.charges,
-                requested_output=plan.requested_output,
-                min_output=plan.min_output,
-                now=now,
-                hold_until=now + self.hold_seconds,
-            )
+            outcome = await self._reserve_in(self.local, team, request_id, plan, now)
         if not outcome.granted:
             raise quota_exceeded(team, plan, outcome, now)
         return Reservation(
@@ -149,6 +139,19 @@ class QuotaService:
                 if outcome.blocked is not None and outcome.output < plan.requested_output
                 else None
             ),
+        )
+
+    async def _reserve_in(
+        self, store: QuotaStore, team: str, request_id: str, plan: QuotaPlan, now: float
+    ) -> ReserveOutcome:
+        return await store.reserve(
+            team,
+            request_id,
+            plan.charges,
+            requested_output=plan.requested_output,
+            min_output=plan.min_output,
+            now=now,
+            hold_until=now + self.hold_seconds,
         )
 
     async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:
