@@ -271,7 +271,6 @@ class MeteredCall:
     info: RequestInfo
     profile: ModelProfile
     raw: bytes
-    original: dict[str, Any]
     body: dict[str, Any]
     exchange: Exchange
 
@@ -300,7 +299,7 @@ async def _metered(
     _check_model(team, team_name, info)
     profile = config.model_profile(info.model)
     call = MeteredCall(
-        request, state, config, team, team_name, path, info, profile, raw, body, body, exchange
+        request, state, config, team, team_name, path, info, profile, raw, body, exchange
     )
     effort = enforce_effort(team, info, profile)
     if effort is not None:
