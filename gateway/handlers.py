@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import json_codec
+from gateway.auth import Principal
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
 from gateway.config import GatewayConfig, ModelProfile, TeamConfig
@@ -228,12 +229,7 @@ async def _proxy(
     if request.method not in FORWARDED_METHODS:
         raise MethodNotAllowedError(f"Method {request.method} is not supported.")
     path = api_path(request)
-    authorization = request.headers.getall("Authorization", [])
-    if len(authorization) > 1:
-        raise AuthenticationError("Invalid API key: more than one Authorization header.")
-    principal = await state.authenticator.authenticate(
-        authorization[0] if authorization else None, config.teams
-    )
+    principal = await _authenticate(request, state, config)
     exchange.team = principal.team
     team = config.teams[principal.team]
     if not team.allows_path(path):
@@ -256,6 +252,18 @@ async def _proxy(
     if api is Api.OTHER:
         return await _passthrough(request, state, config, team, path, exchange)
     return await _metered(request, state, config, team, path, api, exchange)
+
+
+async def _authenticate(
+    request: web.Request, state: GatewayState, config: GatewayConfig
+) -> Principal:
+    """The team behind the request's one bearer token (401 otherwise)."""
+    authorization = request.headers.getall("Authorization", [])
+    if len(authorization) > 1:
+        raise AuthenticationError("Invalid API key: more than one Authorization header.")
+    return await state.authenticator.authenticate(
+        authorization[0] if authorization else None, config.teams
+    )
 
 
 @dataclass(slots=True)
@@ -645,12 +653,7 @@ async def handle_usage(request: web.Request) -> web.Response:
     """``GET /v1/gateway/usage``: the calling team's rules with what is used and left."""
     state = request.app[STATE]
     config = state.config
-    authorization = request.headers.getall("Authorization", [])
-    if len(authorization) > 1:
-        raise AuthenticationError("Invalid API key: more than one Authorization header.")
-    principal = await state.authenticator.authenticate(
-        authorization[0] if authorization else None, config.teams
-    )
+    principal = await _authenticate(request, state, config)
     rules = config.quota_rules(principal.team)
     usage = await state.quotas.usage(principal.team, rules)
     body = {

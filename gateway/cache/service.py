@@ -244,15 +244,7 @@ class CacheService:
             return
         if plan.output_lowered and any(marker in body for marker in _TRUNCATED):
             return
-        entry = CachedResponse(
-            api=plan.api,
-            status=status,
-            headers=list(headers.items()),
-            created_at=int(self.clock()),
-            body=body,
-            usage=usage,
-        )
-        await self._store(plan, entry)
+        await self._store(plan, self._entry(plan, status, headers, usage, body=body))
 
     async def store_stream(
         self, plan: CachePlan, status: int, headers: Mapping[str, str], recorder: SseRecorder
@@ -262,15 +254,28 @@ class CacheService:
             return
         if plan.output_lowered and any(m in e for e in events for m in _TRUNCATED):
             return
-        entry = CachedResponse(
+        entry = self._entry(plan, status, headers, recorder.usage, events=events)
+        await self._store(plan, entry)
+
+    def _entry(
+        self,
+        plan: CachePlan,
+        status: int,
+        headers: Mapping[str, str],
+        usage: Usage | None,
+        *,
+        body: bytes | None = None,
+        events: list[bytes] | None = None,
+    ) -> CachedResponse:
+        return CachedResponse(
             api=plan.api,
             status=status,
             headers=list(headers.items()),
             created_at=int(self.clock()),
+            body=body,
             events=events,
-            usage=recorder.usage,
+            usage=usage,
         )
-        await self._store(plan, entry)
 
     async def _store(self, plan: CachePlan, entry: CachedResponse) -> None:
         data = encode(entry)
