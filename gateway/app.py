@@ -29,9 +29,8 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
     render_body,
 )
-from gateway.handlers import REQUEST_ID, handle_proxy, handle_usage, new_request_id
 from gateway.metrics import Metrics, QuotaSample
-from gateway.proxy import Upstream
+from gateway.pipeline import REQUEST_ID, handle_proxy, handle_usage, new_request_id
 from gateway.quota.service import QuotaService
 from gateway.state import STATE, GatewayState
 from gateway.store.base import QuotaStore, StoreError
@@ -39,6 +38,7 @@ from gateway.store.breaker import StoreBreaker
 from gateway.store.memory import MemoryQuotaStore
 from gateway.store.redis import RedisQuotaStore
 from gateway.store.redis import connect as connect_redis
+from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 

@@ -127,7 +127,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[object, ...]] | None:
     from gateway.app import build_quota_store
     from gateway.errors import StoreUnavailableError
-    from gateway.handlers import usage_entry
+    from gateway.pipeline import usage_entry
     from gateway.quota.service import QuotaService
 
     store = build_quota_store(config)

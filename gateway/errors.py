@@ -144,3 +144,16 @@ def render_sse_event(error: GatewayError) -> bytes:
     Both SDKs raise ``APIError`` on a ``data:`` event whose JSON has a top-level ``error`` key.
     """
     return b"data: " + render_body(error) + b"\n\n"
+
+
+def render_typed_sse_event(error: GatewayError, sequence_number: int) -> bytes:
+    """The same for streams of typed events (Responses): an ``event: error`` whose data is a
+    ``ResponseErrorEvent`` of the OpenAPI spec, which schema-validating clients accept."""
+    event = {
+        "type": "error",
+        "sequence_number": sequence_number,
+        "code": error.code,
+        "message": error.message,
+        "param": error.param,
+    }
+    return b"event: error\ndata: " + json_codec.dumps(event) + b"\n\n"

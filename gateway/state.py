@@ -19,8 +19,8 @@ from gateway.auth import Authenticator, JwksCache
 from gateway.cache.service import CacheService
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
-from gateway.proxy import Upstream
 from gateway.quota.service import QuotaService
+from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 

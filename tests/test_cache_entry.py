@@ -10,19 +10,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import json_codec
+from gateway import apis, json_codec
+from gateway.apis import ApiSpec, Usage
 from gateway.cache.entry import (
     CONTENT_HEADERS,
     FORMAT_VERSION,
     CachedResponse,
-    SseRecorder,
     content_headers,
     decode,
     encode,
     json_storable,
-    replay_events,
 )
-from gateway.endpoints import Api, Usage, usage_from_json
+from gateway.cache.recorder import SseRecorder, replay_events
 from gateway.mock_upstream import MockUpstream
 from gateway.sse import StreamMeter
 from tests.support.gateway_proc import UPSTREAM_KEY
@@ -55,8 +54,37 @@ async def fetch(
         return resp.status, dict(resp.headers), bytes(received)
 
 
-def record(api: Api, raw: bytes, *, max_bytes: int = 1 << 20, chunk_sizes: int = 0) -> SseRecorder:
-    recorder = SseRecorder(api, max_bytes=max_bytes)
+class Recording:
+    """A recorder on the relay's meter, fed as the relay feeds it (flushed at the end)."""
+
+    def __init__(self, api: ApiSpec, *, max_bytes: int) -> None:
+        self.meter = StreamMeter(api, hide_usage=False)
+        self.recorder = SseRecorder(self.meter, max_bytes=max_bytes)
+
+    def feed(self, chunk: bytes) -> None:
+        self.meter.feed(chunk)
+
+    @property
+    def reason(self) -> str | None:
+        return self.recorder.reason
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.recorder.usage
+
+    def result(self) -> list[bytes] | None:
+        self.meter.flush()
+        return self.recorder.result()
+
+
+def joined(parts: list[bytes] | None) -> bytes | None:
+    return None if parts is None else b"".join(parts)
+
+
+def record(
+    api: ApiSpec, raw: bytes, *, max_bytes: int = 1 << 20, chunk_sizes: int = 0
+) -> Recording:
+    recorder = Recording(api, max_bytes=max_bytes)
     if chunk_sizes:
         rng = random.Random(chunk_sizes)
         pos = 0
@@ -69,13 +97,13 @@ def record(api: Api, raw: bytes, *, max_bytes: int = 1 << 20, chunk_sizes: int =
     return recorder
 
 
-def relay(api: Api, raw: bytes, *, hide_usage: bool) -> bytes:
+def relay(api: ApiSpec, raw: bytes, *, hide_usage: bool) -> bytes:
     """What the gateway's live relay sends a client for these upstream bytes."""
     meter = StreamMeter(api, hide_usage=hide_usage)
     return meter.feed(raw) + meter.flush()
 
 
-def stream_entry(api: Api, events: Sequence[bytes]) -> CachedResponse:
+def stream_entry(api: ApiSpec, events: Sequence[bytes]) -> CachedResponse:
     return CachedResponse(
         api=api,
         status=200,
@@ -92,7 +120,7 @@ def stream_entry(api: Api, events: Sequence[bytes]) -> CachedResponse:
 def test_json_roundtrip_and_header_allow_list() -> None:
     body = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{}}'
     entry = CachedResponse(
-        api=Api.CHAT,
+        api=apis.CHAT,
         status=200,
         headers=(
             ("Content-Type", "application/json"),
@@ -127,7 +155,7 @@ def test_json_roundtrip_and_header_allow_list() -> None:
 def test_stream_roundtrip_without_usage() -> None:
     events = [b"data: {}\n\n", b"data: \xc3\xa9t\xc3\xa9 \x00\xff\n\n", b"data: [DONE]\n\n"]
     entry = CachedResponse(
-        api=Api.COMPLETIONS, status=200, headers=[("Content-Type", "text/event-stream")],
+        api=apis.COMPLETIONS, status=200, headers=[("Content-Type", "text/event-stream")],
         created_at=5, events=events,
     )  # fmt: skip
     assert entry.events == tuple(events)
@@ -140,17 +168,17 @@ def test_stream_roundtrip_without_usage() -> None:
 
 def test_empty_events_and_body_roundtrip() -> None:
     for entry in (
-        CachedResponse(api=Api.EMBEDDINGS, status=200, headers=(), created_at=0, body=b""),
-        CachedResponse(api=Api.RESPONSES, status=200, headers=(), created_at=0, events=[]),
+        CachedResponse(api=apis.EMBEDDINGS, status=200, headers=(), created_at=0, body=b""),
+        CachedResponse(api=apis.RESPONSES, status=200, headers=(), created_at=0, events=[]),
     ):
         assert decode(encode(entry)) == entry
 
 
 def test_body_xor_events() -> None:
     with pytest.raises(ValueError):
-        CachedResponse(api=Api.CHAT, status=200, headers=(), created_at=0)
+        CachedResponse(api=apis.CHAT, status=200, headers=(), created_at=0)
     with pytest.raises(ValueError):
-        CachedResponse(api=Api.CHAT, status=200, headers=(), created_at=0, body=b"", events=[])
+        CachedResponse(api=apis.CHAT, status=200, headers=(), created_at=0, body=b"", events=[])
 
 
 def _forge(meta: Any, content: bytes = b"", version: int = FORMAT_VERSION) -> bytes:
@@ -216,7 +244,7 @@ def test_corrupt_is_none(data: bytes) -> None:
 
 
 def test_every_single_byte_flip_is_none_or_equal() -> None:
-    entry = stream_entry(Api.CHAT, [b"data: {}\n\n", b"data: [DONE]\n\n"])
+    entry = stream_entry(apis.CHAT, [b"data: {}\n\n", b"data: [DONE]\n\n"])
     data = encode(entry)
     for i in range(len(data)):
         corrupt = bytearray(data)
@@ -227,7 +255,7 @@ def test_every_single_byte_flip_is_none_or_equal() -> None:
 
 def test_decode_bounds_inflated_size() -> None:
     entry = CachedResponse(
-        api=Api.EMBEDDINGS, status=200, headers=(), created_at=0, body=b"0" * 100_000
+        api=apis.EMBEDDINGS, status=200, headers=(), created_at=0, body=b"0" * 100_000
     )
     data = encode(entry)
     assert len(data) < 1000
@@ -248,30 +276,30 @@ def test_content_headers_accepts_mapping_or_pairs() -> None:
 @pytest.mark.parametrize(
     ("api", "status", "body", "expected"),
     [
-        (Api.CHAT, 200, b'{"choices":[],"usage":{}}', None),
-        (Api.EMBEDDINGS, 200, b'{"data":[],"usage":{}}', None),
-        (Api.CHAT, 400, b'{"error":{"message":"bad"}}', "status"),
-        (Api.CHAT, 500, b"{}", "status"),
-        (Api.CHAT, 200, b'{"error":{"message":"odd"}}', "invalid"),
-        (Api.CHAT, 200, b"[1,2]", "invalid"),
-        (Api.CHAT, 200, b"<html>", "invalid"),
-        (Api.RESPONSES, 200, b'{"status":"completed","output":[]}', None),
-        (Api.RESPONSES, 200, b'{"status":"incomplete","output":[]}', "incomplete"),
-        (Api.RESPONSES, 200, b'{"status":"queued"}', "incomplete"),
-        (Api.CHAT, 200, b'{"x":"' + b"a" * 2000 + b'"}', "too_large"),
+        (apis.CHAT, 200, b'{"choices":[],"usage":{}}', None),
+        (apis.EMBEDDINGS, 200, b'{"data":[],"usage":{}}', None),
+        (apis.CHAT, 400, b'{"error":{"message":"bad"}}', "status"),
+        (apis.CHAT, 500, b"{}", "status"),
+        (apis.CHAT, 200, b'{"error":{"message":"odd"}}', "invalid"),
+        (apis.CHAT, 200, b"[1,2]", "invalid"),
+        (apis.CHAT, 200, b"<html>", "invalid"),
+        (apis.RESPONSES, 200, b'{"status":"completed","output":[]}', None),
+        (apis.RESPONSES, 200, b'{"status":"incomplete","output":[]}', "incomplete"),
+        (apis.RESPONSES, 200, b'{"status":"queued"}', "incomplete"),
+        (apis.CHAT, 200, b'{"x":"' + b"a" * 2000 + b'"}', "too_large"),
     ],
 )
-def test_json_storable(api: Api, status: int, body: bytes, expected: str | None) -> None:
+def test_json_storable(api: ApiSpec, status: int, body: bytes, expected: str | None) -> None:
     assert json_storable(api, status, body, max_bytes=1024) == expected
 
 
 async def test_json_storable_on_real_bodies(upstream: MockUpstream) -> None:
     chat = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0}
     status, headers, body = await fetch(upstream, "/chat/completions", chat)
-    assert json_storable(Api.CHAT, status, body, max_bytes=1 << 20) is None
-    usage = usage_from_json(Api.CHAT, body)
+    assert json_storable(apis.CHAT, status, body, max_bytes=1 << 20) is None
+    usage = apis.CHAT.usage_from_json(body)
     entry = CachedResponse(
-        api=Api.CHAT, status=status, headers=tuple(headers.items()), created_at=1, body=body,
+        api=apis.CHAT, status=status, headers=tuple(headers.items()), created_at=1, body=body,
         usage=usage,
     )  # fmt: skip
     assert decode(encode(entry)) == entry
@@ -280,9 +308,9 @@ async def test_json_storable_on_real_bodies(upstream: MockUpstream) -> None:
 
     cut = {"model": "gpt-5-mini", "input": "hi", "max_output_tokens": 4, "store": False}
     status, _, body = await fetch(upstream, "/responses", cut)
-    assert json_storable(Api.RESPONSES, status, body, max_bytes=1 << 20) == "incomplete"
+    assert json_storable(apis.RESPONSES, status, body, max_bytes=1 << 20) == "incomplete"
     status, _, body = await fetch(upstream, "/chat/completions", chat, {"x-mock-status": "503"})
-    assert json_storable(Api.CHAT, status, body, max_bytes=1 << 20) == "status"
+    assert json_storable(apis.CHAT, status, body, max_bytes=1 << 20) == "status"
 
 
 # ------------------------------------------------------------------------------ recording
@@ -292,16 +320,16 @@ async def test_json_storable_on_real_bodies(upstream: MockUpstream) -> None:
     ("api", "path", "body"),
     [
         (
-            Api.CHAT,
+            apis.CHAT,
             "/chat/completions",
             {"model": "gpt-4o-mini", "messages": MESSAGES, "n": 2},
         ),
-        (Api.CHAT, "/chat/completions", {"model": "o3-mini", "messages": MESSAGES}),
-        (Api.COMPLETIONS, "/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi"}),
+        (apis.CHAT, "/chat/completions", {"model": "o3-mini", "messages": MESSAGES}),
+        (apis.COMPLETIONS, "/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi"}),
     ],
 )
 async def test_record_and_replay_chat_like(
-    upstream: MockUpstream, api: Api, path: str, body: dict[str, Any]
+    upstream: MockUpstream, api: ApiSpec, path: str, body: dict[str, Any]
 ) -> None:
     # What the gateway sends upstream: include_usage always on.
     upstream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
@@ -314,8 +342,8 @@ async def test_record_and_replay_chat_like(
         assert events is not None, recorder.reason
         assert recorder.reason is None
         assert b"".join(events) == raw
-        assert all(e.endswith(b"\n\n") and e.count(b"\n\n") == 1 for e in events)
-        assert events[-1] == b"data: [DONE]\n\n"
+        assert all(e.endswith(b"\n\n") for e in events)  # runs of whole events
+        assert events[-1].endswith(b"data: [DONE]\n\n")
         assert recorder.usage is not None and recorder.usage.total_tokens > 0
 
     assert events is not None
@@ -347,24 +375,24 @@ def _normalise(raw: bytes) -> list[Any]:
 async def test_record_and_replay_responses(upstream: MockUpstream) -> None:
     body = {"model": "gpt-5-mini", "input": "Colour?", "stream": True, "store": False}
     _, _, raw = await fetch(upstream, "/responses", body)
-    recorder = record(Api.RESPONSES, raw, chunk_sizes=5)
+    recorder = record(apis.RESPONSES, raw, chunk_sizes=5)
     events = recorder.result()
     assert events is not None
     assert b"".join(events) == raw
     assert events[-1].startswith(b"event: response.completed\n")
     assert recorder.usage is not None and recorder.usage.reasoning_tokens == 16
-    entry = stream_entry(Api.RESPONSES, events)
+    entry = stream_entry(apis.RESPONSES, events)
     for include_usage in (False, True):
         replayed = list(replay_events(entry, include_usage=include_usage))
         assert replayed == events
-        assert b"".join(replayed) == relay(Api.RESPONSES, raw, hide_usage=not include_usage)
+        assert b"".join(replayed) == relay(apis.RESPONSES, raw, hide_usage=not include_usage)
 
 
 async def test_responses_incomplete_is_not_cacheable(upstream: MockUpstream) -> None:
     body = {"model": "gpt-5-mini", "input": "x", "stream": True, "max_output_tokens": 4}
     _, _, raw = await fetch(upstream, "/responses", body)
     assert b"event: response.incomplete" in raw
-    recorder = record(Api.RESPONSES, raw)
+    recorder = record(apis.RESPONSES, raw)
     assert recorder.result() is None
     assert recorder.reason == "incomplete"
     assert recorder.usage is not None  # still metered
@@ -372,16 +400,16 @@ async def test_responses_incomplete_is_not_cacheable(upstream: MockUpstream) -> 
 
 @pytest.mark.parametrize("drop_after", [0, 1, 5])
 async def test_cut_streams_are_not_cacheable(upstream: MockUpstream, drop_after: int) -> None:
-    cases: list[tuple[Api, str, dict[str, Any]]] = [
-        (Api.CHAT, "/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES}),
-        (Api.RESPONSES, "/responses", {"model": "gpt-4o-mini", "input": "hi"}),
+    cases: list[tuple[ApiSpec, str, dict[str, Any]]] = [
+        (apis.CHAT, "/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES}),
+        (apis.RESPONSES, "/responses", {"model": "gpt-4o-mini", "input": "hi"}),
     ]
     for api, path, body in cases:
         _, _, raw = await fetch(
             upstream,
             path,
             {**body, "stream": True, "stream_options": {"include_usage": True}}
-            if api is Api.CHAT
+            if api is apis.CHAT
             else {**body, "stream": True},
             {"x-mock-drop-after-chunks": str(drop_after)},
         )
@@ -393,8 +421,8 @@ async def test_cut_streams_are_not_cacheable(upstream: MockUpstream, drop_after:
 def test_cut_right_before_done() -> None:
     complete = b'data: {"choices":[]}\n\ndata: [DONE]\n\n'
     for cut in range(len(complete) - 1):
-        assert record(Api.CHAT, complete[:cut]).result() is None
-    assert record(Api.CHAT, complete).result() == [b'data: {"choices":[]}\n\n', b"data: [DONE]\n\n"]
+        assert record(apis.CHAT, complete[:cut]).result() is None
+    assert joined(record(apis.CHAT, complete).result()) == complete
 
 
 CHAT_ERROR_STREAM = (
@@ -411,10 +439,10 @@ TRICKY_CHAT_STREAM = (
 
 
 def test_chat_error_event_is_not_cacheable() -> None:
-    recorder = record(Api.CHAT, CHAT_ERROR_STREAM, chunk_sizes=3)
+    recorder = record(apis.CHAT, CHAT_ERROR_STREAM, chunk_sizes=3)
     assert recorder.result() is None
     assert recorder.reason == "error"
-    tricky = record(Api.CHAT, TRICKY_CHAT_STREAM)
+    tricky = record(apis.CHAT, TRICKY_CHAT_STREAM)
     assert tricky.result() is not None
 
 
@@ -469,12 +497,12 @@ def _responses_event(kind: str, **fields: Any) -> bytes:
     ],
 )
 def test_responses_terminal_rules(events: list[bytes], reason: str | None) -> None:
-    recorder = record(Api.RESPONSES, b"".join(events), chunk_sizes=11)
+    recorder = record(apis.RESPONSES, b"".join(events), chunk_sizes=11)
     assert recorder.reason == reason
     result = recorder.result()
     assert (result is None) == (reason is not None)
     if result is not None:
-        assert result == events
+        assert b"".join(result) == b"".join(events)
 
 
 def test_images_stream() -> None:
@@ -485,10 +513,10 @@ def test_images_stream() -> None:
         b'{"type":"image_generation.completed","b64_json":"AAAA","usage":{"input_tokens":5,'
         b'"output_tokens":100,"total_tokens":105}}\n\n',
     ]
-    recorder = record(Api.IMAGES, b"".join(events))
-    assert recorder.result() == events
+    recorder = record(apis.IMAGES, b"".join(events))
+    assert joined(recorder.result()) == b"".join(events)
     assert recorder.usage is not None and recorder.usage.total_tokens == 105
-    assert record(Api.IMAGES, events[0]).result() is None
+    assert record(apis.IMAGES, events[0]).result() is None
 
 
 async def test_oversized_stream_is_dropped(upstream: MockUpstream) -> None:
@@ -499,12 +527,11 @@ async def test_oversized_stream_is_dropped(upstream: MockUpstream) -> None:
         "stream_options": {"include_usage": True},
     }
     _, _, raw = await fetch(upstream, "/chat/completions", body)
-    exact = record(Api.CHAT, raw, max_bytes=len(raw), chunk_sizes=50)
+    exact = record(apis.CHAT, raw, max_bytes=len(raw), chunk_sizes=50)
     assert exact.result() is not None
-    over = record(Api.CHAT, raw, max_bytes=len(raw) - 1, chunk_sizes=50)
+    over = record(apis.CHAT, raw, max_bytes=len(raw) - 1, chunk_sizes=50)
     assert over.result() is None
     assert over.reason == "too_large"
-    assert over.usage is None
     over.feed(b"data: more\n\n")  # ignored from now on
     assert over.result() is None
 
@@ -518,11 +545,11 @@ def test_crlf_and_cr_streams() -> None:
             b"data: [DONE]" + sep * 2,
         ]
         raw = b"".join(events)
-        recorder = record(Api.CHAT, raw, chunk_sizes=4)
-        assert recorder.result() == events
-        entry = stream_entry(Api.CHAT, events)
+        recorder = record(apis.CHAT, raw, chunk_sizes=4)
+        assert joined(recorder.result()) == raw
+        entry = stream_entry(apis.CHAT, events)
         assert b"".join(replay_events(entry, include_usage=False)) == relay(
-            Api.CHAT, raw, hide_usage=True
+            apis.CHAT, raw, hide_usage=True
         )
 
 
@@ -534,23 +561,23 @@ def test_keepalives_and_trailing_partial_are_replayed_as_relayed() -> None:
         b"data: [DONE]\n\n"
         b"\n"  # trailing partial, forwarded by the relay's flush
     )
-    recorder = record(Api.CHAT, raw, chunk_sizes=2)
+    recorder = record(apis.CHAT, raw, chunk_sizes=2)
     events = recorder.result()
     assert events is not None
     assert b"".join(events) == raw
-    entry = stream_entry(Api.CHAT, events)
+    entry = stream_entry(apis.CHAT, events)
     for include_usage in (False, True):
         assert b"".join(replay_events(entry, include_usage=include_usage)) == relay(
-            Api.CHAT, raw, hide_usage=not include_usage
+            apis.CHAT, raw, hide_usage=not include_usage
         )
 
 
 def test_result_is_idempotent_and_recorder_rejects_unstreamable_apis() -> None:
-    recorder = record(Api.CHAT, b"data: [DONE]\n\n")
+    recorder = record(apis.CHAT, b"data: [DONE]\n\n")
     assert recorder.result() == recorder.result() == [b"data: [DONE]\n\n"]
-    for api in (Api.EMBEDDINGS, Api.OTHER):
+    for api in (apis.EMBEDDINGS, apis.OTHER):
         with pytest.raises(ValueError):
-            SseRecorder(api, max_bytes=100)
-    json_entry = CachedResponse(api=Api.CHAT, status=200, headers=(), created_at=0, body=b"{}")
+            SseRecorder(StreamMeter(api, hide_usage=False), max_bytes=100)
+    json_entry = CachedResponse(api=apis.CHAT, status=200, headers=(), created_at=0, body=b"{}")
     with pytest.raises(ValueError):
         list(replay_events(json_entry, include_usage=True))

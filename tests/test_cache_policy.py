@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from gateway import apis
+from gateway.apis import ApiSpec, classify
 from gateway.cache.policy import (
     IGNORED_FIELDS,
     CacheSettings,
@@ -19,7 +21,6 @@ from gateway.cache.policy import (
     upstream_identity,
 )
 from gateway.config import CacheConfig, TeamCacheConfig, UpstreamConfig
-from gateway.endpoints import Api, classify, parse_request
 
 SETTINGS = effective_settings(CacheConfig(), TeamCacheConfig())
 PERMISSIVE = effective_settings(
@@ -42,23 +43,23 @@ EMBEDDINGS: dict[str, Any] = {"model": "text-embedding-3-small", "input": "hello
 IMAGES: dict[str, Any] = {"model": "gpt-image-1", "prompt": "a cat"}
 
 PATHS = {
-    Api.CHAT: "/chat/completions",
-    Api.RESPONSES: "/responses",
-    Api.COMPLETIONS: "/completions",
-    Api.EMBEDDINGS: "/embeddings",
-    Api.IMAGES: "/images/generations",
+    apis.CHAT: "/chat/completions",
+    apis.RESPONSES: "/responses",
+    apis.COMPLETIONS: "/completions",
+    apis.EMBEDDINGS: "/embeddings",
+    apis.IMAGES: "/images/generations",
 }
 BASES = {
-    Api.CHAT: CHAT,
-    Api.RESPONSES: RESPONSES,
-    Api.COMPLETIONS: COMPLETIONS,
-    Api.EMBEDDINGS: EMBEDDINGS,
-    Api.IMAGES: IMAGES,
+    apis.CHAT: CHAT,
+    apis.RESPONSES: RESPONSES,
+    apis.COMPLETIONS: COMPLETIONS,
+    apis.EMBEDDINGS: EMBEDDINGS,
+    apis.IMAGES: IMAGES,
 }
 
 
 def run(
-    api: Api,
+    api: ApiSpec,
     changes: dict[str, Any] | None = None,
     *,
     settings: CacheSettings = SETTINGS,
@@ -68,7 +69,7 @@ def run(
     body = {**BASES[api], **(changes or {})}
     for name in drop:
         body.pop(name, None)
-    info = parse_request(api, body)
+    info = api.parse(body)
     decision = decide(info, body, settings, force=force)
     return decision.cacheable, decision.reason
 
@@ -133,53 +134,53 @@ def test_upstream_identity_ignores_the_key() -> None:
     ("api", "changes", "expected"),
     [
         # deterministic and single output
-        (Api.CHAT, {}, (True, "ok")),
-        (Api.CHAT, {"temperature": 0.0, "n": 1}, (True, "ok")),
-        (Api.CHAT, {"temperature": 0.2}, (False, "temperature")),
-        (Api.CHAT, {"temperature": None}, (False, "temperature")),
-        (Api.CHAT, {"n": 2}, (False, "n")),
-        (Api.CHAT, {"store": True}, (False, "store")),
-        (Api.CHAT, {"store": False}, (True, "ok")),
-        (Api.CHAT, {"stream": True}, (True, "ok")),
-        (Api.COMPLETIONS, {}, (True, "ok")),
-        (Api.COMPLETIONS, {"best_of": 1}, (True, "ok")),
-        (Api.COMPLETIONS, {"best_of": 3}, (False, "n")),
-        (Api.COMPLETIONS, {"n": 2}, (False, "n")),
-        (Api.COMPLETIONS, {"temperature": 1}, (False, "temperature")),
-        (Api.RESPONSES, {}, (True, "ok")),
-        (Api.RESPONSES, {"temperature": 0.7}, (False, "temperature")),
-        (Api.RESPONSES, {"store": True}, (False, "store")),
-        (Api.RESPONSES, {"store": None}, (False, "store")),  # default is true
-        (Api.RESPONSES, {"previous_response_id": "resp_1"}, (False, "stateful")),
-        (Api.RESPONSES, {"conversation": "conv_1"}, (False, "stateful")),
-        (Api.RESPONSES, {"conversation": {"id": "conv_1"}}, (False, "stateful")),
-        (Api.RESPONSES, {"background": True}, (False, "stateful")),
-        (Api.RESPONSES, {"background": False}, (True, "ok")),
+        (apis.CHAT, {}, (True, "ok")),
+        (apis.CHAT, {"temperature": 0.0, "n": 1}, (True, "ok")),
+        (apis.CHAT, {"temperature": 0.2}, (False, "temperature")),
+        (apis.CHAT, {"temperature": None}, (False, "temperature")),
+        (apis.CHAT, {"n": 2}, (False, "n")),
+        (apis.CHAT, {"store": True}, (False, "store")),
+        (apis.CHAT, {"store": False}, (True, "ok")),
+        (apis.CHAT, {"stream": True}, (True, "ok")),
+        (apis.COMPLETIONS, {}, (True, "ok")),
+        (apis.COMPLETIONS, {"best_of": 1}, (True, "ok")),
+        (apis.COMPLETIONS, {"best_of": 3}, (False, "n")),
+        (apis.COMPLETIONS, {"n": 2}, (False, "n")),
+        (apis.COMPLETIONS, {"temperature": 1}, (False, "temperature")),
+        (apis.RESPONSES, {}, (True, "ok")),
+        (apis.RESPONSES, {"temperature": 0.7}, (False, "temperature")),
+        (apis.RESPONSES, {"store": True}, (False, "store")),
+        (apis.RESPONSES, {"store": None}, (False, "store")),  # default is true
+        (apis.RESPONSES, {"previous_response_id": "resp_1"}, (False, "stateful")),
+        (apis.RESPONSES, {"conversation": "conv_1"}, (False, "stateful")),
+        (apis.RESPONSES, {"conversation": {"id": "conv_1"}}, (False, "stateful")),
+        (apis.RESPONSES, {"background": True}, (False, "stateful")),
+        (apis.RESPONSES, {"background": False}, (True, "ok")),
         # embeddings: always, whatever sampling-looking fields say
-        (Api.EMBEDDINGS, {}, (True, "ok")),
-        (Api.EMBEDDINGS, {"encoding_format": "base64", "dimensions": 8}, (True, "ok")),
+        (apis.EMBEDDINGS, {}, (True, "ok")),
+        (apis.EMBEDDINGS, {"encoding_format": "base64", "dimensions": 8}, (True, "ok")),
         # images: only when opted in
-        (Api.IMAGES, {}, (False, "images")),
-        (Api.IMAGES, {"n": 3, "background": "transparent"}, (False, "images")),
+        (apis.IMAGES, {}, (False, "images")),
+        (apis.IMAGES, {"n": 3, "background": "transparent"}, (False, "images")),
     ],
 )
-def test_decide_matrix(api: Api, changes: dict[str, Any], expected: tuple[bool, str]) -> None:
+def test_decide_matrix(api: ApiSpec, changes: dict[str, Any], expected: tuple[bool, str]) -> None:
     assert run(api, changes) == expected
 
 
 def test_responses_store_absent_is_store_true() -> None:
-    assert run(Api.RESPONSES, drop=("store",)) == (False, "store")
-    assert run(Api.RESPONSES, drop=("store",), settings=PERMISSIVE) == (True, "ok")
-    assert run(Api.CHAT, {"store": True}, settings=PERMISSIVE) == (True, "ok")
+    assert run(apis.RESPONSES, drop=("store",)) == (False, "store")
+    assert run(apis.RESPONSES, drop=("store",), settings=PERMISSIVE) == (True, "ok")
+    assert run(apis.CHAT, {"store": True}, settings=PERMISSIVE) == (True, "ok")
 
 
 def test_images_opt_in_ignores_sampling_and_background_colour() -> None:
-    assert run(Api.IMAGES, {"n": 3, "background": "transparent"}, settings=PERMISSIVE) == (
+    assert run(apis.IMAGES, {"n": 3, "background": "transparent"}, settings=PERMISSIVE) == (
         True,
         "ok",
     )
     team_images = effective_settings(CacheConfig(), TeamCacheConfig(images=True))
-    assert run(Api.IMAGES, drop=("model",), settings=team_images) == (True, "ok")
+    assert run(apis.IMAGES, drop=("model",), settings=team_images) == (True, "ok")
 
 
 def test_other_never() -> None:
@@ -189,8 +190,8 @@ def test_other_never() -> None:
         ("POST", "/audio/speech", {"model": "tts-1", "input": "hi", "temperature": 0}),
     ]:
         api = classify(method, path)
-        assert api is Api.OTHER
-        info = parse_request(api, body)
+        assert api is apis.OTHER
+        info = api.parse(body)
         for force in (False, True):
             decision = decide(info, body or {}, PERMISSIVE, force=force)
             assert (decision.cacheable, decision.reason) == (False, "other")
@@ -219,26 +220,26 @@ def test_model_patterns(models: list[str], exclude: list[str], model: str, ok: b
     settings = effective_settings(
         CacheConfig(models=models, exclude_models=exclude), TeamCacheConfig()
     )
-    result = run(Api.CHAT, {"model": model}, settings=settings)
+    result = run(apis.CHAT, {"model": model}, settings=settings)
     assert result == ((True, "ok") if ok else (False, "model"))
-    assert run(Api.EMBEDDINGS, {"model": model}, settings=settings)[0] is ok
+    assert run(apis.EMBEDDINGS, {"model": model}, settings=settings)[0] is ok
 
 
 def test_force_lifts_sampling_checks_only() -> None:
-    assert run(Api.CHAT, {"temperature": 1.0}, force=True) == (True, "forced")
-    assert run(Api.CHAT, {"n": 4}, force=True) == (True, "forced")
-    assert run(Api.CHAT, drop=("temperature",), force=True) == (True, "forced")
-    assert run(Api.COMPLETIONS, {"best_of": 5}, force=True) == (True, "forced")
-    assert run(Api.RESPONSES, {"temperature": 2}, force=True) == (True, "forced")
+    assert run(apis.CHAT, {"temperature": 1.0}, force=True) == (True, "forced")
+    assert run(apis.CHAT, {"n": 4}, force=True) == (True, "forced")
+    assert run(apis.CHAT, drop=("temperature",), force=True) == (True, "forced")
+    assert run(apis.COMPLETIONS, {"best_of": 5}, force=True) == (True, "forced")
+    assert run(apis.RESPONSES, {"temperature": 2}, force=True) == (True, "forced")
     # deterministic requests stay "ok" under force
-    assert run(Api.CHAT, force=True) == (True, "ok")
+    assert run(apis.CHAT, force=True) == (True, "ok")
     # never lifted: stateful, store, images, models, disabled
-    assert run(Api.RESPONSES, {"previous_response_id": "r"}, force=True) == (False, "stateful")
-    assert run(Api.RESPONSES, {"background": True}, force=True) == (False, "stateful")
-    assert run(Api.RESPONSES, {"store": True}, force=True) == (False, "store")
-    assert run(Api.IMAGES, force=True) == (False, "images")
+    assert run(apis.RESPONSES, {"previous_response_id": "r"}, force=True) == (False, "stateful")
+    assert run(apis.RESPONSES, {"background": True}, force=True) == (False, "stateful")
+    assert run(apis.RESPONSES, {"store": True}, force=True) == (False, "store")
+    assert run(apis.IMAGES, force=True) == (False, "images")
     excluded = effective_settings(CacheConfig(exclude_models=["gpt-*"]), TeamCacheConfig())
-    assert run(Api.CHAT, settings=excluded, force=True) == (False, "model")
+    assert run(apis.CHAT, settings=excluded, force=True) == (False, "model")
 
 
 @pytest.mark.parametrize(

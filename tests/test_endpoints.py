@@ -6,22 +6,22 @@ from typing import Any
 
 import pytest
 
-from gateway import json_codec
-from gateway.endpoints import (
-    MAX_OUTPUT_TOKENS,
-    REASONING_EFFORTS,
-    Api,
-    RequestInfo,
-    Usage,
-    classify,
-    parse_request,
-    usage_from_json,
-    usage_from_object,
-    with_output_limit,
-    with_reasoning_effort,
-    with_usage_requested,
-)
+from gateway import apis, json_codec
+from gateway.apis import MAX_OUTPUT_TOKENS, REASONING_EFFORTS, ApiSpec, RequestInfo, Usage, classify
 from gateway.errors import InvalidRequestError
+
+
+def with_output_limit(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return info.api.with_output_limit(info, body, *args)
+
+
+def with_reasoning_effort(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return info.api.with_reasoning_effort(info, body, *args)
+
+
+def with_usage_requested(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return info.api.with_usage_requested(info, body, *args)
+
 
 # ----------------------------------------------------------------------------- classify
 
@@ -29,18 +29,18 @@ from gateway.errors import InvalidRequestError
 @pytest.mark.parametrize(
     ("path", "api"),
     [
-        ("/chat/completions", Api.CHAT),
-        ("/chat/completions/", Api.CHAT),
-        ("/responses", Api.RESPONSES),
-        ("/responses/", Api.RESPONSES),
-        ("/completions", Api.COMPLETIONS),
-        ("/embeddings", Api.EMBEDDINGS),
-        ("/images/generations", Api.IMAGES),
-        ("/images/generations/", Api.IMAGES),
-        ("/chat/completions?x=1", Api.CHAT),
+        ("/chat/completions", apis.CHAT),
+        ("/chat/completions/", apis.CHAT),
+        ("/responses", apis.RESPONSES),
+        ("/responses/", apis.RESPONSES),
+        ("/completions", apis.COMPLETIONS),
+        ("/embeddings", apis.EMBEDDINGS),
+        ("/images/generations", apis.IMAGES),
+        ("/images/generations/", apis.IMAGES),
+        ("/chat/completions?x=1", apis.CHAT),
     ],
 )
-def test_classify_known(path: str, api: Api) -> None:
+def test_classify_known(path: str, api: ApiSpec) -> None:
     assert classify("POST", path) is api
     assert classify("post", path) is api
 
@@ -64,11 +64,11 @@ def test_classify_known(path: str, api: Api) -> None:
     ],
 )
 def test_classify_other(method: str, path: str) -> None:
-    assert classify(method, path) is Api.OTHER
+    assert classify(method, path) is apis.OTHER
 
 
 def test_api_values() -> None:
-    assert [a.value for a in Api] == [
+    assert [a.name for a in (*apis.METERED, apis.OTHER)] == [
         "chat_completions",
         "responses",
         "completions",
@@ -76,15 +76,14 @@ def test_api_values() -> None:
         "images_generations",
         "other",
     ]
-    assert str(Api.CHAT) == "chat_completions"
+    assert repr(apis.CHAT) == "<api chat_completions>"
 
 
 # ----------------------------------------------------------------------------- parse_request
 
 
 def test_parse_chat_full() -> None:
-    info = parse_request(
-        Api.CHAT,
+    info = apis.CHAT.parse(
         {
             "model": "gpt-4o-mini",
             "messages": [{"role": "user", "content": "hi"}],
@@ -97,7 +96,7 @@ def test_parse_chat_full() -> None:
         },
     )
     assert info == RequestInfo(
-        api=Api.CHAT,
+        api=apis.CHAT,
         model="gpt-4o-mini",
         stream=True,
         max_output_tokens=50,
@@ -111,9 +110,9 @@ def test_parse_chat_full() -> None:
 
 
 def test_parse_chat_defaults() -> None:
-    info = parse_request(Api.CHAT, {"model": "m", "messages": []})
+    info = apis.CHAT.parse({"model": "m", "messages": []})
     assert info == RequestInfo(
-        api=Api.CHAT,
+        api=apis.CHAT,
         model="m",
         stream=False,
         max_output_tokens=None,
@@ -126,8 +125,7 @@ def test_parse_chat_defaults() -> None:
 
 
 def test_parse_chat_nulls_are_defaults() -> None:
-    info = parse_request(
-        Api.CHAT,
+    info = apis.CHAT.parse(
         {
             "model": "m",
             "stream": None,
@@ -146,48 +144,46 @@ def test_parse_chat_nulls_are_defaults() -> None:
 
 
 def test_parse_chat_only_max_tokens() -> None:
-    info = parse_request(Api.CHAT, {"model": "m", "max_tokens": 30})
+    info = apis.CHAT.parse({"model": "m", "max_tokens": 30})
     assert info.max_output_tokens == 30
     assert info.output_limit_field == "max_tokens"
 
 
 @pytest.mark.parametrize(("mct", "mt", "expected"), [(50, 30, 30), (30, 50, 30), (40, 40, 40)])
 def test_parse_chat_both_limits_smaller_binds(mct: int, mt: int, expected: int) -> None:
-    info = parse_request(Api.CHAT, {"model": "m", "max_completion_tokens": mct, "max_tokens": mt})
+    info = apis.CHAT.parse({"model": "m", "max_completion_tokens": mct, "max_tokens": mt})
     assert info.max_output_tokens == expected
     assert info.output_limit_field == "max_completion_tokens"
 
 
 def test_parse_chat_include_usage_only_when_streaming() -> None:
     body = {"model": "m", "stream_options": {"include_usage": True}}
-    assert parse_request(Api.CHAT, body).include_usage is False
-    assert parse_request(Api.CHAT, {**body, "stream": True}).include_usage is True
+    assert apis.CHAT.parse(body).include_usage is False
+    assert apis.CHAT.parse({**body, "stream": True}).include_usage is True
     body2 = {"model": "m", "stream": True, "stream_options": {"include_obfuscation": False}}
-    assert parse_request(Api.CHAT, body2).include_usage is False
+    assert apis.CHAT.parse(body2).include_usage is False
 
 
 def test_parse_completions() -> None:
-    info = parse_request(
-        Api.COMPLETIONS,
+    info = apis.COMPLETIONS.parse(
         {"model": "gpt-3.5-turbo-instruct", "prompt": "x", "max_tokens": 7, "n": 2, "best_of": 5},
     )
     assert info.max_output_tokens == 7
     assert info.output_limit_field == "max_tokens"
     assert info.n == 5
     assert info.reasoning_effort is None
-    info = parse_request(Api.COMPLETIONS, {"model": "m", "n": 3, "best_of": 0})
+    info = apis.COMPLETIONS.parse({"model": "m", "n": 3, "best_of": 0})
     assert info.n == 3
-    info = parse_request(Api.COMPLETIONS, {"model": "m"})
+    info = apis.COMPLETIONS.parse({"model": "m"})
     assert (info.n, info.max_output_tokens, info.stream) == (1, None, False)
-    info = parse_request(
-        Api.COMPLETIONS, {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    info = apis.COMPLETIONS.parse(
+        {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
     )
     assert info.include_usage is True
 
 
 def test_parse_responses() -> None:
-    info = parse_request(
-        Api.RESPONSES,
+    info = apis.RESPONSES.parse(
         {
             "model": "gpt-5-mini",
             "input": "Colour of the sky?",
@@ -200,7 +196,7 @@ def test_parse_responses() -> None:
         },
     )
     assert info == RequestInfo(
-        api=Api.RESPONSES,
+        api=apis.RESPONSES,
         model="gpt-5-mini",
         stream=True,
         max_output_tokens=200,
@@ -210,16 +206,16 @@ def test_parse_responses() -> None:
         n=1,
         temperature=1.5,
     )
-    info = parse_request(Api.RESPONSES, {"model": "m", "reasoning": None})
+    info = apis.RESPONSES.parse({"model": "m", "reasoning": None})
     assert info.reasoning_effort is None
-    info = parse_request(Api.RESPONSES, {"model": "m", "reasoning": {"summary": "auto"}})
+    info = apis.RESPONSES.parse({"model": "m", "reasoning": {"summary": "auto"}})
     assert info.reasoning_effort is None
 
 
 def test_parse_embeddings() -> None:
-    info = parse_request(Api.EMBEDDINGS, {"model": "text-embedding-3-small", "input": "x"})
+    info = apis.EMBEDDINGS.parse({"model": "text-embedding-3-small", "input": "x"})
     assert info == RequestInfo(
-        api=Api.EMBEDDINGS,
+        api=apis.EMBEDDINGS,
         model="text-embedding-3-small",
         stream=False,
         max_output_tokens=None,
@@ -232,24 +228,19 @@ def test_parse_embeddings() -> None:
 
 
 def test_parse_images() -> None:
-    info = parse_request(Api.IMAGES, {"prompt": "a cat"})
+    info = apis.IMAGES.parse({"prompt": "a cat"})
     assert info.model is None
     assert info.n == 1
     assert info.output_limit_field is None
-    info = parse_request(
-        Api.IMAGES, {"prompt": "a cat", "model": "gpt-image-1", "n": 3, "stream": True}
-    )
+    info = apis.IMAGES.parse({"prompt": "a cat", "model": "gpt-image-1", "n": 3, "stream": True})
     assert (info.model, info.n, info.stream) == ("gpt-image-1", 3, True)
-    assert parse_request(Api.IMAGES, {"prompt": "x", "model": None}).model is None
+    assert apis.IMAGES.parse({"prompt": "x", "model": None}).model is None
 
 
 @pytest.mark.parametrize("effort", REASONING_EFFORTS)
 def test_parse_every_effort(effort: str) -> None:
-    assert (
-        parse_request(Api.CHAT, {"model": "m", "reasoning_effort": effort}).reasoning_effort
-        == effort
-    )
-    info = parse_request(Api.RESPONSES, {"model": "m", "reasoning": {"effort": effort}})
+    assert apis.CHAT.parse({"model": "m", "reasoning_effort": effort}).reasoning_effort == effort
+    info = apis.RESPONSES.parse({"model": "m", "reasoning": {"effort": effort}})
     assert info.reasoning_effort == effort
 
 
@@ -258,67 +249,67 @@ def test_reasoning_efforts_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "api", [Api.CHAT, Api.RESPONSES, Api.COMPLETIONS, Api.EMBEDDINGS, Api.IMAGES]
+    "api", [apis.CHAT, apis.RESPONSES, apis.COMPLETIONS, apis.EMBEDDINGS, apis.IMAGES]
 )
 @pytest.mark.parametrize("body", [[], "x", 1, None, True, [{"model": "m"}]])
-def test_parse_non_object_body(api: Api, body: object) -> None:
+def test_parse_non_object_body(api: ApiSpec, body: object) -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(api, body)
+        api.parse(body)
     assert exc.value.param is None
     assert "JSON object" in exc.value.message
     assert exc.value.status == 400
 
 
-@pytest.mark.parametrize("api", [Api.CHAT, Api.RESPONSES, Api.COMPLETIONS, Api.EMBEDDINGS])
+@pytest.mark.parametrize("api", [apis.CHAT, apis.RESPONSES, apis.COMPLETIONS, apis.EMBEDDINGS])
 @pytest.mark.parametrize("body", [{}, {"model": None}])
-def test_parse_missing_model(api: Api, body: dict[str, Any]) -> None:
+def test_parse_missing_model(api: ApiSpec, body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(api, body)
+        api.parse(body)
     assert exc.value.param == "model"
 
 
 @pytest.mark.parametrize(
-    "api", [Api.CHAT, Api.RESPONSES, Api.COMPLETIONS, Api.EMBEDDINGS, Api.IMAGES]
+    "api", [apis.CHAT, apis.RESPONSES, apis.COMPLETIONS, apis.EMBEDDINGS, apis.IMAGES]
 )
 @pytest.mark.parametrize("model", ["", 1, True, ["m"], {"id": "m"}])
-def test_parse_bad_model(api: Api, model: object) -> None:
+def test_parse_bad_model(api: ApiSpec, model: object) -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(api, {"model": model})
+        api.parse({"model": model})
     assert exc.value.param == "model"
 
 
-_BAD: list[tuple[Api, str, object]] = []
+_BAD: list[tuple[ApiSpec, str, object]] = []
 for _api, _field in [
-    (Api.CHAT, "max_completion_tokens"),
-    (Api.CHAT, "max_tokens"),
-    (Api.COMPLETIONS, "max_tokens"),
-    (Api.RESPONSES, "max_output_tokens"),
+    (apis.CHAT, "max_completion_tokens"),
+    (apis.CHAT, "max_tokens"),
+    (apis.COMPLETIONS, "max_tokens"),
+    (apis.RESPONSES, "max_output_tokens"),
 ]:
     for _value in [True, False, 0, -1, 1.5, 10.0, "10", MAX_OUTPUT_TOKENS + 1, 10**30, [1], {}]:
         _BAD.append((_api, _field, _value))
-for _api, _field in [(Api.CHAT, "n"), (Api.COMPLETIONS, "n"), (Api.IMAGES, "n")]:
+for _api, _field in [(apis.CHAT, "n"), (apis.COMPLETIONS, "n"), (apis.IMAGES, "n")]:
     for _value in [True, 0, -3, 2.0, "2", 10**9]:
         _BAD.append((_api, _field, _value))
 for _value in [True, -1, 1.0, "3"]:
-    _BAD.append((Api.COMPLETIONS, "best_of", _value))
-for _api in (Api.CHAT, Api.COMPLETIONS, Api.RESPONSES, Api.IMAGES):
+    _BAD.append((apis.COMPLETIONS, "best_of", _value))
+for _api in (apis.CHAT, apis.COMPLETIONS, apis.RESPONSES, apis.IMAGES):
     for _value in [1, 0, "true", "false", [], {}]:
         _BAD.append((_api, "stream", _value))
-for _api in (Api.CHAT, Api.COMPLETIONS, Api.RESPONSES):
+for _api in (apis.CHAT, apis.COMPLETIONS, apis.RESPONSES):
     for _value in [True, "0.5", [0.5], {}]:
         _BAD.append((_api, "temperature", _value))
     for _value in [True, "x", [], 1]:
         _BAD.append((_api, "stream_options", _value))
 for _value in ["extreme", "LOW", "", 1, True, ["low"], {}]:
-    _BAD.append((Api.CHAT, "reasoning_effort", _value))
+    _BAD.append((apis.CHAT, "reasoning_effort", _value))
 for _value in ["low", 1, True, []]:
-    _BAD.append((Api.RESPONSES, "reasoning", _value))
+    _BAD.append((apis.RESPONSES, "reasoning", _value))
 
 
 @pytest.mark.parametrize(("api", "field", "value"), _BAD)
-def test_parse_wrong_field(api: Api, field: str, value: object) -> None:
+def test_parse_wrong_field(api: ApiSpec, field: str, value: object) -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(api, {"model": "m", field: value})
+        api.parse({"model": "m", field: value})
     assert exc.value.param == field
     assert field in exc.value.message
 
@@ -326,7 +317,7 @@ def test_parse_wrong_field(api: Api, field: str, value: object) -> None:
 @pytest.mark.parametrize("value", ["extreme", 1, True, [], {}])
 def test_parse_wrong_responses_effort(value: object) -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(Api.RESPONSES, {"model": "m", "reasoning": {"effort": value}})
+        apis.RESPONSES.parse({"model": "m", "reasoning": {"effort": value}})
     assert exc.value.param == "reasoning.effort"
 
 
@@ -334,27 +325,27 @@ def test_parse_wrong_responses_effort(value: object) -> None:
 def test_parse_wrong_include_usage(value: object) -> None:
     body = {"model": "m", "stream": True, "stream_options": {"include_usage": value}}
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(Api.CHAT, body)
+        apis.CHAT.parse(body)
     assert exc.value.param == "stream_options.include_usage"
 
 
 def test_parse_bounds_accepted() -> None:
-    info = parse_request(Api.CHAT, {"model": "m", "max_completion_tokens": MAX_OUTPUT_TOKENS})
+    info = apis.CHAT.parse({"model": "m", "max_completion_tokens": MAX_OUTPUT_TOKENS})
     assert info.max_output_tokens == MAX_OUTPUT_TOKENS
-    assert parse_request(Api.CHAT, {"model": "m", "max_tokens": 1}).max_output_tokens == 1
+    assert apis.CHAT.parse({"model": "m", "max_tokens": 1}).max_output_tokens == 1
 
 
 def test_parse_ignores_fields_of_other_apis() -> None:
     # The gateway only validates what it reads for that API; the upstream owns the rest.
-    assert parse_request(Api.EMBEDDINGS, {"model": "m", "stream": "x", "n": "y"}).stream is False
-    info = parse_request(Api.RESPONSES, {"model": "m", "n": "x", "reasoning_effort": 5})
+    assert apis.EMBEDDINGS.parse({"model": "m", "stream": "x", "n": "y"}).stream is False
+    info = apis.RESPONSES.parse({"model": "m", "n": "x", "reasoning_effort": 5})
     assert info.n == 1
-    assert parse_request(Api.IMAGES, {"temperature": "hot"}).temperature is None
+    assert apis.IMAGES.parse({"temperature": "hot"}).temperature is None
 
 
 def test_parse_error_message_shape() -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        parse_request(Api.CHAT, {"model": "m", "max_tokens": True})
+        apis.CHAT.parse({"model": "m", "max_tokens": True})
     assert exc.value.message == (
         "Invalid type for 'max_tokens': expected an integer, but got a boolean instead."
     )
@@ -368,8 +359,8 @@ def test_parse_error_message_shape() -> None:
     [None, [], "x", 5, {}, {"model": 1}, {"model": ""}, {"stream": "x", "n": -1, "model": None}],
 )
 def test_parse_other_never_raises(body: object) -> None:
-    info = parse_request(Api.OTHER, body)
-    assert info.api is Api.OTHER
+    info = apis.OTHER.parse(body)
+    assert info.api is apis.OTHER
     assert info.model is None
     assert info.stream is False
     assert info.n == 1
@@ -377,60 +368,57 @@ def test_parse_other_never_raises(body: object) -> None:
 
 
 def test_parse_other_reads_model() -> None:
-    assert (
-        parse_request(Api.OTHER, {"model": "omni-moderation-latest"}).model
-        == "omni-moderation-latest"
-    )
+    assert apis.OTHER.parse({"model": "omni-moderation-latest"}).model == "omni-moderation-latest"
 
 
 # ----------------------------------------------------------------------------- rewriting
 
 
-def _info(api: Api, body: dict[str, Any]) -> RequestInfo:
-    return parse_request(api, body)
+def _info(api: ApiSpec, body: dict[str, Any]) -> RequestInfo:
+    return api.parse(body)
 
 
 def test_with_output_limit_chat_default_field() -> None:
     body = {"model": "m", "messages": []}
-    out = with_output_limit(_info(Api.CHAT, body), body, 100)
+    out = with_output_limit(_info(apis.CHAT, body), body, 100)
     assert out == {"model": "m", "messages": [], "max_completion_tokens": 100}
     assert body == {"model": "m", "messages": []}  # input untouched
 
 
 def test_with_output_limit_chat_max_tokens_only() -> None:
     body = {"model": "m", "max_tokens": 500}
-    out = with_output_limit(_info(Api.CHAT, body), body, 100)
+    out = with_output_limit(_info(apis.CHAT, body), body, 100)
     assert out == {"model": "m", "max_tokens": 100}
 
 
 def test_with_output_limit_chat_both_fields() -> None:
     body = {"model": "m", "max_tokens": 500, "max_completion_tokens": 800}
-    out = with_output_limit(_info(Api.CHAT, body), body, 100)
+    out = with_output_limit(_info(apis.CHAT, body), body, 100)
     assert out == {"model": "m", "max_tokens": 100, "max_completion_tokens": 100}
     body = {"model": "m", "max_tokens": 50, "max_completion_tokens": 800}
-    out = with_output_limit(_info(Api.CHAT, body), body, 100)
+    out = with_output_limit(_info(apis.CHAT, body), body, 100)
     # The client's own tighter bound stays, and the written field never exceeds it.
     assert out == {"model": "m", "max_tokens": 50, "max_completion_tokens": 50}
 
 
 def test_with_output_limit_never_loosens() -> None:
     body = {"model": "m", "max_completion_tokens": 20}
-    assert with_output_limit(_info(Api.CHAT, body), body, 100) is body
+    assert with_output_limit(_info(apis.CHAT, body), body, 100) is body
     body = {"model": "m", "max_output_tokens": 20}
-    assert with_output_limit(_info(Api.RESPONSES, body), body, 100) is body
+    assert with_output_limit(_info(apis.RESPONSES, body), body, 100) is body
 
 
 def test_with_output_limit_null_field_is_set() -> None:
     body = {"model": "m", "max_completion_tokens": None, "max_tokens": None}
-    out = with_output_limit(_info(Api.CHAT, body), body, 64)
+    out = with_output_limit(_info(apis.CHAT, body), body, 64)
     assert out == {"model": "m", "max_completion_tokens": 64, "max_tokens": None}
 
 
 def test_with_output_limit_completions_and_responses() -> None:
     body: dict[str, Any] = {"model": "m", "prompt": "x"}
-    assert with_output_limit(_info(Api.COMPLETIONS, body), body, 9) == {**body, "max_tokens": 9}
+    assert with_output_limit(_info(apis.COMPLETIONS, body), body, 9) == {**body, "max_tokens": 9}
     body = {"model": "m", "input": "x", "max_output_tokens": 1000}
-    assert with_output_limit(_info(Api.RESPONSES, body), body, 300) == {
+    assert with_output_limit(_info(apis.RESPONSES, body), body, 300) == {
         **body,
         "max_output_tokens": 300,
     }
@@ -439,70 +427,70 @@ def test_with_output_limit_completions_and_responses() -> None:
 @pytest.mark.parametrize(
     ("api", "body"),
     [
-        (Api.EMBEDDINGS, {"model": "m", "input": "x"}),
-        (Api.IMAGES, {"prompt": "x"}),
-        (Api.OTHER, {"model": "m"}),
+        (apis.EMBEDDINGS, {"model": "m", "input": "x"}),
+        (apis.IMAGES, {"prompt": "x"}),
+        (apis.OTHER, {"model": "m"}),
     ],
 )
-def test_with_output_limit_no_field(api: Api, body: dict[str, Any]) -> None:
+def test_with_output_limit_no_field(api: ApiSpec, body: dict[str, Any]) -> None:
     assert with_output_limit(_info(api, body), body, 10) is body
 
 
 def test_with_output_limit_rejects_nonpositive() -> None:
     body = {"model": "m"}
     with pytest.raises(ValueError):
-        with_output_limit(_info(Api.CHAT, body), body, 0)
+        with_output_limit(_info(apis.CHAT, body), body, 0)
 
 
 def test_with_usage_requested_preserves_options() -> None:
     body = {"model": "m", "stream": True, "stream_options": {"include_obfuscation": False}}
-    out = with_usage_requested(_info(Api.CHAT, body), body)
+    out = with_usage_requested(_info(apis.CHAT, body), body)
     assert out["stream_options"] == {"include_obfuscation": False, "include_usage": True}
     assert body["stream_options"] == {"include_obfuscation": False}  # nested dict not mutated
 
 
 def test_with_usage_requested_cases() -> None:
     body: dict[str, Any] = {"model": "m", "stream": True}
-    out = with_usage_requested(_info(Api.CHAT, body), body)
+    out = with_usage_requested(_info(apis.CHAT, body), body)
     assert out == {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
     body = {"model": "m", "stream": True, "stream_options": None}
-    out = with_usage_requested(_info(Api.COMPLETIONS, body), body)
+    out = with_usage_requested(_info(apis.COMPLETIONS, body), body)
     assert out["stream_options"] == {"include_usage": True}
     body = {"model": "m", "stream": True, "stream_options": {"include_usage": False}}
-    assert with_usage_requested(_info(Api.CHAT, body), body)["stream_options"] == {
+    assert with_usage_requested(_info(apis.CHAT, body), body)["stream_options"] == {
         "include_usage": True
     }
     body = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
-    assert with_usage_requested(_info(Api.CHAT, body), body) is body
+    assert with_usage_requested(_info(apis.CHAT, body), body) is body
     body = {"model": "m"}  # not streaming: stream_options would be rejected upstream
-    assert with_usage_requested(_info(Api.CHAT, body), body) is body
+    assert with_usage_requested(_info(apis.CHAT, body), body) is body
     body = {"model": "m", "stream": True}
-    assert with_usage_requested(_info(Api.RESPONSES, body), body) is body
+    assert with_usage_requested(_info(apis.RESPONSES, body), body) is body
 
 
 def test_with_reasoning_effort() -> None:
     body: dict[str, Any] = {"model": "m", "reasoning_effort": "high"}
-    assert with_reasoning_effort(_info(Api.CHAT, body), body, "low") == {
+    assert with_reasoning_effort(_info(apis.CHAT, body), body, "low") == {
         "model": "m",
         "reasoning_effort": "low",
     }
     assert body["reasoning_effort"] == "high"
-    assert with_reasoning_effort(_info(Api.CHAT, body), body, "high") is body
+    assert with_reasoning_effort(_info(apis.CHAT, body), body, "high") is body
 
     reasoning = {"effort": "high", "summary": "auto"}
     body = {"model": "m", "reasoning": reasoning}
-    out = with_reasoning_effort(_info(Api.RESPONSES, body), body, "minimal")
+    out = with_reasoning_effort(_info(apis.RESPONSES, body), body, "minimal")
     assert out["reasoning"] == {"effort": "minimal", "summary": "auto"}
     assert reasoning == {"effort": "high", "summary": "auto"}
     body = {"model": "m"}
-    assert with_reasoning_effort(_info(Api.RESPONSES, body), body, "low") == {
+    assert with_reasoning_effort(_info(apis.RESPONSES, body), body, "low") == {
         "model": "m",
         "reasoning": {"effort": "low"},
     }
     body = {"model": "m", "input": "x"}
-    assert with_reasoning_effort(_info(Api.EMBEDDINGS, body), body, "low") is body
+    assert with_reasoning_effort(_info(apis.EMBEDDINGS, body), body, "low") is body
     with pytest.raises(ValueError):
-        with_reasoning_effort(_info(Api.CHAT, body), body, "turbo")
+        with_reasoning_effort(_info(apis.CHAT, body), body, "turbo")
 
 
 # ----------------------------------------------------------------------------- usage
@@ -543,49 +531,49 @@ def test_usage_chat_and_completions() -> None:
         cached_prompt_tokens=8,
         total_tokens=94,
     )
-    assert usage_from_object(Api.CHAT, CHAT_USAGE) == expected
-    assert usage_from_object(Api.COMPLETIONS, CHAT_USAGE) == expected
+    assert apis.CHAT.usage(CHAT_USAGE) == expected
+    assert apis.COMPLETIONS.usage(CHAT_USAGE) == expected
 
 
 def test_usage_chat_without_details() -> None:
     usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
-    assert usage_from_object(Api.CHAT, usage) == Usage(5, 2, 0, 0, 7)
+    assert apis.CHAT.usage(usage) == Usage(5, 2, 0, 0, 7)
     usage2: dict[str, Any] = {
         **usage,
         "prompt_tokens_details": None,
         "completion_tokens_details": {},
     }
-    assert usage_from_object(Api.CHAT, usage2) == Usage(5, 2, 0, 0, 7)
+    assert apis.CHAT.usage(usage2) == Usage(5, 2, 0, 0, 7)
 
 
 def test_usage_responses() -> None:
-    assert usage_from_object(Api.RESPONSES, RESPONSES_USAGE) == Usage(11, 70, 64, 3, 81)
+    assert apis.RESPONSES.usage(RESPONSES_USAGE) == Usage(11, 70, 64, 3, 81)
     bare = {"input_tokens": 11, "output_tokens": 4, "total_tokens": 15}
-    assert usage_from_object(Api.RESPONSES, bare) == Usage(11, 4, 0, 0, 15)
+    assert apis.RESPONSES.usage(bare) == Usage(11, 4, 0, 0, 15)
 
 
 def test_usage_embeddings() -> None:
-    assert usage_from_object(Api.EMBEDDINGS, {"prompt_tokens": 5, "total_tokens": 5}) == Usage(
+    assert apis.EMBEDDINGS.usage({"prompt_tokens": 5, "total_tokens": 5}) == Usage(
         prompt_tokens=5, total_tokens=5
     )
 
 
 def test_usage_images() -> None:
-    assert usage_from_object(Api.IMAGES, IMAGES_USAGE) == Usage(40, 1056, 0, 0, 1096)
+    assert apis.IMAGES.usage(IMAGES_USAGE) == Usage(40, 1056, 0, 0, 1096)
     # The streaming event's older ImagesUsage has no output_tokens_details.
     old = {"input_tokens": 40, "input_tokens_details": {"text_tokens": 40}, "output_tokens": 10}
-    assert usage_from_object(Api.IMAGES, {**old, "total_tokens": 50}) == Usage(40, 10, 0, 0, 50)
+    assert apis.IMAGES.usage({**old, "total_tokens": 50}) == Usage(40, 10, 0, 0, 50)
 
 
 def test_usage_other_guesses_shape() -> None:
-    assert usage_from_object(Api.OTHER, RESPONSES_USAGE) == Usage(11, 70, 64, 3, 81)
+    assert apis.OTHER.usage(RESPONSES_USAGE) == Usage(11, 70, 64, 3, 81)
     run = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    assert usage_from_object(Api.OTHER, run) == Usage(3, 4, 0, 0, 7)
+    assert apis.OTHER.usage(run) == Usage(3, 4, 0, 0, 7)
 
 
 @pytest.mark.parametrize("value", [None, [], "x", 3, True])
 def test_usage_not_an_object(value: object) -> None:
-    assert usage_from_object(Api.CHAT, value) is None
+    assert apis.CHAT.usage(value) is None
 
 
 def test_usage_garbage_values_are_zero() -> None:
@@ -596,27 +584,23 @@ def test_usage_garbage_values_are_zero() -> None:
         "prompt_tokens_details": {"cached_tokens": -4},
         "completion_tokens_details": {"reasoning_tokens": None},
     }
-    assert usage_from_object(Api.CHAT, usage) == Usage(0, 0, 0, 0, 0)
+    assert apis.CHAT.usage(usage) == Usage(0, 0, 0, 0, 0)
 
 
 def test_usage_missing_total_is_sum() -> None:
-    assert usage_from_object(Api.CHAT, {"prompt_tokens": 3, "completion_tokens": 4}) == Usage(
-        3, 4, 0, 0, 7
-    )
-    assert usage_from_object(Api.RESPONSES, {"input_tokens": 3, "output_tokens": 4}) == Usage(
-        3, 4, 0, 0, 7
-    )
+    assert apis.CHAT.usage({"prompt_tokens": 3, "completion_tokens": 4}) == Usage(3, 4, 0, 0, 7)
+    assert apis.RESPONSES.usage({"input_tokens": 3, "output_tokens": 4}) == Usage(3, 4, 0, 0, 7)
 
 
 def test_usage_from_json() -> None:
     body = json_codec.dumps(
         {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": CHAT_USAGE}
     )
-    assert usage_from_json(Api.CHAT, body) == Usage(24, 70, 64, 8, 94)
+    assert apis.CHAT.usage_from_json(body) == Usage(24, 70, 64, 8, 94)
     body = json_codec.dumps({"id": "resp_1", "object": "response", "usage": RESPONSES_USAGE})
-    assert usage_from_json(Api.RESPONSES, body) == Usage(11, 70, 64, 3, 81)
+    assert apis.RESPONSES.usage_from_json(body) == Usage(11, 70, 64, 3, 81)
     body = json_codec.dumps({"object": "list", "data": [], "usage": {"prompt_tokens": 5}})
-    assert usage_from_json(Api.EMBEDDINGS, body) == Usage(prompt_tokens=5, total_tokens=5)
+    assert apis.EMBEDDINGS.usage_from_json(body) == Usage(prompt_tokens=5, total_tokens=5)
 
 
 @pytest.mark.parametrize(
@@ -635,5 +619,5 @@ def test_usage_from_json() -> None:
     ],
 )
 def test_usage_from_json_garbage(body: bytes) -> None:
-    assert usage_from_json(Api.CHAT, body) is None
-    assert usage_from_json(Api.RESPONSES, body) is None
+    assert apis.CHAT.usage_from_json(body) is None
+    assert apis.RESPONSES.usage_from_json(body) is None

@@ -16,21 +16,29 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import json_codec
-from gateway.endpoints import (
+from gateway import apis, json_codec
+from gateway.apis import (
     BAD_JSON,
     MAX_CHOICES,
     MAX_OUTPUT_TOKENS,
     REASONING_EFFORTS,
-    Api,
-    parse_request,
-    usage_from_json,
-    usage_from_object,
-    with_output_limit,
-    with_reasoning_effort,
-    with_usage_requested,
+    ApiSpec,
+    RequestInfo,
 )
 from gateway.errors import InvalidRequestError
+
+
+def with_output_limit(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return info.api.with_output_limit(info, body, *args)
+
+
+def with_reasoning_effort(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return info.api.with_reasoning_effort(info, body, *args)
+
+
+def with_usage_requested(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return info.api.with_usage_requested(info, body, *args)
+
 
 FIELDS = [
     "model",
@@ -109,7 +117,7 @@ json_values = st.recursive(
 )
 field_values = st.sampled_from(EDGES) | json_values
 bodies = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), field_values, max_size=9)
-APIS = list(Api)
+APIS = [*apis.METERED, apis.OTHER]
 
 
 def _check_error(exc: InvalidRequestError) -> None:
@@ -122,13 +130,13 @@ def _check_error(exc: InvalidRequestError) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(api=st.sampled_from(APIS), body=bodies | json_values)
-def test_parse_request_accepts_or_raises_invalid_request_only(api: Api, body: Any) -> None:
+def test_parse_request_accepts_or_raises_invalid_request_only(api: ApiSpec, body: Any) -> None:
     before = repr(body)  # repr, not ==: NaN never equals itself
     try:
-        info = parse_request(api, body)
+        info = api.parse(body)
     except InvalidRequestError as exc:
         _check_error(exc)
-        assert api is not Api.OTHER  # passthrough bodies are never rejected
+        assert api is not apis.OTHER  # passthrough bodies are never rejected
         return
     assert repr(body) == before
     assert info.api is api
@@ -140,7 +148,7 @@ def test_parse_request_accepts_or_raises_invalid_request_only(api: Api, body: An
     assert info.temperature is None or type(info.temperature) is float
     assert info.reasoning_effort is None or info.reasoning_effort in REASONING_EFFORTS
     assert not info.include_usage or info.stream
-    if api is Api.OTHER:
+    if api is apis.OTHER:
         return
 
     # The rewriters: never raise on an accepted body, never mutate it, and the gateway
@@ -148,27 +156,27 @@ def test_parse_request_accepts_or_raises_invalid_request_only(api: Api, body: An
     for cap in (1, 7, MAX_OUTPUT_TOKENS):
         out = with_output_limit(info, body, cap)
         assert repr(body) == before
-        again = parse_request(api, out)
+        again = api.parse(out)
         if info.output_limit_field is not None:
             assert again.max_output_tokens is not None and again.max_output_tokens <= cap
             if limit is not None:
                 assert again.max_output_tokens == min(cap, limit)  # never loosened
     out = with_usage_requested(info, body)
     assert repr(body) == before
-    again = parse_request(api, out)
-    if info.stream and api in (Api.CHAT, Api.COMPLETIONS):
+    again = api.parse(out)
+    if info.stream and api in (apis.CHAT, apis.COMPLETIONS):
         assert again.include_usage
     for effort in REASONING_EFFORTS:
         out = with_reasoning_effort(info, body, effort)
         assert repr(body) == before
-        again = parse_request(api, out)
-        if api in (Api.CHAT, Api.RESPONSES):
+        again = api.parse(out)
+        if api in (apis.CHAT, apis.RESPONSES):
             assert again.reasoning_effort == effort
 
 
 @settings(max_examples=200, deadline=None)
 @given(api=st.sampled_from(APIS), raw=st.binary(max_size=200) | st.text(max_size=200))
-def test_raw_bytes_decode_or_fail_with_what_the_handler_catches(api: Api, raw: Any) -> None:
+def test_raw_bytes_decode_or_fail_with_what_the_handler_catches(api: ApiSpec, raw: Any) -> None:
     """The handler turns exactly ``BAD_JSON`` into a 400; nothing else may escape decoding."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     try:
@@ -176,7 +184,7 @@ def test_raw_bytes_decode_or_fail_with_what_the_handler_catches(api: Api, raw: A
     except BAD_JSON:
         return
     try:
-        parse_request(api, body)
+        api.parse(body)
     except InvalidRequestError as exc:
         _check_error(exc)
 
@@ -191,14 +199,14 @@ def _encodable(value: Any) -> bool:
 
 @settings(max_examples=200, deadline=None)
 @given(api=st.sampled_from(APIS), body=bodies)
-def test_wire_round_trip_matches_direct_parse(api: Api, body: dict[str, Any]) -> None:
+def test_wire_round_trip_matches_direct_parse(api: ApiSpec, body: dict[str, Any]) -> None:
     """What arrives over the wire (encoded by a client, decoded by the gateway) is judged the
     same way as the value itself: the decode step adds no new failure mode."""
     if not _encodable(body):
         return
     decoded = json_codec.loads(json_codec.dumps(body))
     try:
-        parse_request(api, decoded)
+        api.parse(decoded)
     except InvalidRequestError as exc:
         _check_error(exc)
 
@@ -227,8 +235,8 @@ usage_objects = st.recursive(
 
 @settings(max_examples=200, deadline=None)
 @given(api=st.sampled_from(APIS), usage=usage_objects | json_values)
-def test_usage_extraction_never_raises_and_never_refunds(api: Api, usage: Any) -> None:
-    found = usage_from_object(api, usage)
+def test_usage_extraction_never_raises_and_never_refunds(api: ApiSpec, usage: Any) -> None:
+    found = api.usage(usage)
     if found is None:
         assert not isinstance(usage, dict)
         return
@@ -241,14 +249,14 @@ def test_usage_extraction_never_raises_and_never_refunds(api: Api, usage: Any) -
     ):
         assert type(value) is int and value >= 0  # garbage is zero, never a negative charge
     if _encodable({"usage": usage}):
-        assert usage_from_json(api, json_codec.dumps({"usage": usage})) == found
+        assert api.usage_from_json(json_codec.dumps({"usage": usage})) == found
 
 
 @settings(max_examples=200, deadline=None)
 @given(api=st.sampled_from(APIS), raw=st.binary(max_size=300))
-def test_usage_from_arbitrary_response_bytes_never_raises(api: Api, raw: bytes) -> None:
-    usage_from_json(api, raw)
-    usage_from_json(api, b'{"usage":' + raw + b"}")
+def test_usage_from_arbitrary_response_bytes_never_raises(api: ApiSpec, raw: bytes) -> None:
+    api.usage_from_json(raw)
+    api.usage_from_json(b'{"usage":' + raw + b"}")
 
 
 def test_huge_integer_temperature_is_a_400_not_a_crash() -> None:
@@ -258,7 +266,7 @@ def test_huge_integer_temperature_is_a_400_not_a_crash() -> None:
     InvalidRequestError for any body. Fixed in ``endpoints._opt_number``."""
     for value in (10**400, -(10**400)):
         try:
-            info = parse_request(Api.CHAT, {"model": "m", "temperature": value})
+            info = apis.CHAT.parse({"model": "m", "temperature": value})
         except InvalidRequestError as exc:
             _check_error(exc)
             assert exc.param == "temperature"

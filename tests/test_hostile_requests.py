@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.endpoints import MAX_CHOICES, MAX_OUTPUT_TOKENS
+from gateway.apis import MAX_CHOICES, MAX_OUTPUT_TOKENS
 from gateway.mock_upstream import MockUpstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, token
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway import json_codec
-from gateway.endpoints import Api, Usage
+from gateway import apis, json_codec
+from gateway.apis import ApiSpec, Usage
 from gateway.sse import StreamMeter
 
 # ----------------------------------------------------------------------------- stream builders
@@ -195,12 +195,12 @@ def run(meter: StreamMeter, pieces: Iterable[bytes]) -> bytes:
     return b"".join(out)
 
 
-def whole(api: Api, stream: bytes, *, hide: bool) -> tuple[bytes, StreamMeter]:
+def whole(api: ApiSpec, stream: bytes, *, hide: bool) -> tuple[bytes, StreamMeter]:
     meter = StreamMeter(api, hide_usage=hide)
     return run(meter, [stream]), meter
 
 
-def bytewise(api: Api, stream: bytes, *, hide: bool) -> tuple[bytes, StreamMeter]:
+def bytewise(api: ApiSpec, stream: bytes, *, hide: bool) -> tuple[bytes, StreamMeter]:
     meter = StreamMeter(api, hide_usage=hide)
     return run(meter, [stream[i : i + 1] for i in range(len(stream))]), meter
 
@@ -225,7 +225,7 @@ def test_builders_match_contract_shape() -> None:
 
 def test_chat_passthrough_with_usage() -> None:
     stream = chat_stream(include_usage=True)
-    out, meter = whole(Api.CHAT, stream, hide=False)
+    out, meter = whole(apis.CHAT, stream, hide=False)
     assert out == stream
     assert meter.usage == CHAT_EXPECTED
     assert meter.done is True
@@ -233,7 +233,7 @@ def test_chat_passthrough_with_usage() -> None:
 
 
 def test_chat_hide_usage_gives_the_stream_without_include_usage() -> None:
-    out, meter = whole(Api.CHAT, chat_stream(include_usage=True), hide=True)
+    out, meter = whole(apis.CHAT, chat_stream(include_usage=True), hide=True)
     assert out == chat_stream(include_usage=False)
     assert meter.usage == CHAT_EXPECTED
     assert meter.done is True
@@ -241,7 +241,7 @@ def test_chat_hide_usage_gives_the_stream_without_include_usage() -> None:
 
 
 def test_chat_hide_keeps_string_content() -> None:
-    out, _ = whole(Api.CHAT, chat_stream(include_usage=True), hide=True)
+    out, _ = whole(apis.CHAT, chat_stream(include_usage=True), hide=True)
     decoded = [
         json_codec.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")
     ]
@@ -252,7 +252,7 @@ def test_chat_hide_keeps_string_content() -> None:
 def test_chat_without_include_usage_has_no_usage() -> None:
     stream = chat_stream(include_usage=False)
     for hide in (False, True):
-        out, meter = whole(Api.CHAT, stream, hide=hide)
+        out, meter = whole(apis.CHAT, stream, hide=hide)
         assert out == stream
         assert meter.usage is None
         assert meter.done is True
@@ -260,10 +260,10 @@ def test_chat_without_include_usage_has_no_usage() -> None:
 
 def test_chat_usage_with_space() -> None:
     stream = chat_stream(include_usage=True, usage_space=True)
-    out, meter = whole(Api.CHAT, stream, hide=False)
+    out, meter = whole(apis.CHAT, stream, hide=False)
     assert out == stream
     assert meter.usage == CHAT_EXPECTED
-    out, meter = whole(Api.CHAT, stream, hide=True)
+    out, meter = whole(apis.CHAT, stream, hide=True)
     assert out == chat_stream(include_usage=False)
     assert meter.usage == CHAT_EXPECTED
 
@@ -272,15 +272,15 @@ def test_chat_usage_with_space() -> None:
 def test_chat_other_line_endings(convert: Any) -> None:
     # TRICKY holds an escaped "\n" (backslash n), never a raw newline, so conversion is safe.
     stream = convert(chat_stream(include_usage=True))
-    out, meter = whole(Api.CHAT, stream, hide=False)
+    out, meter = whole(apis.CHAT, stream, hide=False)
     assert out == stream
     assert meter.usage == CHAT_EXPECTED
     assert meter.done
     assert meter.events == 7
-    out, meter = whole(Api.CHAT, stream, hide=True)
+    out, meter = whole(apis.CHAT, stream, hide=True)
     assert out == convert(chat_stream(include_usage=False))
     assert meter.usage == CHAT_EXPECTED
-    out2, meter2 = bytewise(Api.CHAT, stream, hide=True)
+    out2, meter2 = bytewise(apis.CHAT, stream, hide=True)
     assert out2 == out
     assert meter2.usage == CHAT_EXPECTED
 
@@ -288,8 +288,8 @@ def test_chat_other_line_endings(convert: Any) -> None:
 def test_chat_bytewise_equals_whole() -> None:
     for hide in (False, True):
         stream = chat_stream(include_usage=True)
-        expected, _ = whole(Api.CHAT, stream, hide=hide)
-        out, meter = bytewise(Api.CHAT, stream, hide=hide)
+        expected, _ = whole(apis.CHAT, stream, hide=hide)
+        out, meter = bytewise(apis.CHAT, stream, hide=hide)
         assert out == expected
         assert meter.usage == CHAT_EXPECTED
         assert meter.done
@@ -297,7 +297,7 @@ def test_chat_bytewise_equals_whole() -> None:
 
 
 def test_feed_releases_only_complete_events() -> None:
-    meter = StreamMeter(Api.CHAT, hide_usage=False)
+    meter = StreamMeter(apis.CHAT, hide_usage=False)
     assert meter.feed(b"data: {") == b""
     assert meter.feed(b'"a":1}\n') == b""
     assert meter.feed(b"\ndata: [DO") == b'data: {"a":1}\n\n'
@@ -309,20 +309,20 @@ def test_feed_releases_only_complete_events() -> None:
 
 
 def test_hot_path_returns_chunk_itself() -> None:
-    meter = StreamMeter(Api.CHAT, hide_usage=False)
+    meter = StreamMeter(apis.CHAT, hide_usage=False)
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
     assert meter.feed(chunk) is chunk
 
 
 def test_done_detection() -> None:
     for done in (b"data: [DONE]\n\n", b"data:[DONE]\n\n", b": ping\ndata: [DONE]\n\n"):
-        meter = StreamMeter(Api.CHAT, hide_usage=True)
+        meter = StreamMeter(apis.CHAT, hide_usage=True)
         assert meter.feed(done) == done
         assert meter.done
-    meter = StreamMeter(Api.CHAT, hide_usage=False)
+    meter = StreamMeter(apis.CHAT, hide_usage=False)
     meter.feed(b'data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}\n\n')
     assert not meter.done
-    meter = StreamMeter(Api.CHAT, hide_usage=False)
+    meter = StreamMeter(apis.CHAT, hide_usage=False)
     meter.feed(b"data: [DONE]")  # no blank line yet: not an event
     assert not meter.done
 
@@ -331,7 +331,7 @@ def test_cut_stream() -> None:
     stream = chat_stream(include_usage=True)
     cut = stream.index(b'data: {"id":"chatcmpl-9xYz","object":"chat.completion.chunk"', 600) + 40
     for hide in (False, True):
-        meter = StreamMeter(Api.CHAT, hide_usage=hide)
+        meter = StreamMeter(apis.CHAT, hide_usage=hide)
         out = meter.feed(stream[:cut])
         tail = meter.flush()
         assert tail == stream[stream.rindex(b"\n\n", 0, cut) + 2 : cut]  # held, unchanged
@@ -339,14 +339,14 @@ def test_cut_stream() -> None:
         assert tail.startswith(b"data: {") and not tail.endswith(b"\n\n")
         assert meter.usage is None
         assert meter.done is False
-    meter = StreamMeter(Api.CHAT, hide_usage=False)
+    meter = StreamMeter(apis.CHAT, hide_usage=False)
     assert meter.feed(stream[:cut]) + meter.flush() == stream[:cut]
 
 
 def test_cut_before_done_keeps_usage() -> None:
     stream = chat_stream(include_usage=True)
     cut = stream.rindex(b"data: [DONE]")  # the first one is string content
-    out, meter = whole(Api.CHAT, stream[:cut], hide=True)
+    out, meter = whole(apis.CHAT, stream[:cut], hide=True)
     assert out == chat_stream(include_usage=False)[: -len(b"data: [DONE]\n\n")]
     assert meter.usage == CHAT_EXPECTED
     assert meter.done is False
@@ -356,7 +356,7 @@ def test_malformed_usage_event_is_forwarded_unchanged() -> None:
     bad = b'data: {"choices":[],"usage":{"prompt_tokens":3,\n\n'
     for hide in (False, True):
         stream = b'data: {"choices":[{"delta":{}}],"usage":null}\n\n' + bad + b"data: [DONE]\n\n"
-        out, meter = whole(Api.CHAT, stream, hide=hide)
+        out, meter = whole(apis.CHAT, stream, hide=hide)
         expected = stream.replace(b',"usage":null', b"") if hide else stream
         assert out == expected
         assert meter.usage is None
@@ -365,7 +365,7 @@ def test_malformed_usage_event_is_forwarded_unchanged() -> None:
 
 def test_non_object_usage_values() -> None:
     stream = b'data: {"choices":[],"usage":{}}\n\ndata: {"choices":[],"usage":[1]}\n\n'
-    out, meter = whole(Api.CHAT, stream, hide=False)
+    out, meter = whole(apis.CHAT, stream, hide=False)
     assert out == stream
     assert meter.usage == Usage()  # {} is a usage object with no counts
 
@@ -376,13 +376,13 @@ def test_usage_chunk_with_choices_is_kept() -> None:
         b'data: {"choices":[{"delta":{"content":"hi"}}],'
         b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\n'
     )
-    out, meter = whole(Api.CHAT, event, hide=True)
+    out, meter = whole(apis.CHAT, event, hide=True)
     assert out == event
     assert meter.usage == Usage(1, 1, 0, 0, 2)
 
 
 def test_usage_null_as_first_key() -> None:
-    out, _ = whole(Api.CHAT, b'data: {"usage":null,"choices":[]}\n\n', hide=True)
+    out, _ = whole(apis.CHAT, b'data: {"usage":null,"choices":[]}\n\n', hide=True)
     assert out == b'data: {"choices":[]}\n\n'
 
 
@@ -390,10 +390,10 @@ def test_comments_pass_through() -> None:
     stream = chat_stream(include_usage=True)
     first = stream.index(b"\n\n") + 2
     with_comments = b": keep-alive\n\n" + stream[:first] + b": ping\n\n" + stream[first:]
-    out, meter = whole(Api.CHAT, with_comments, hide=False)
+    out, meter = whole(apis.CHAT, with_comments, hide=False)
     assert out == with_comments
     assert meter.events == 7
-    out, meter = whole(Api.CHAT, with_comments, hide=True)
+    out, meter = whole(apis.CHAT, with_comments, hide=True)
     plain = chat_stream(include_usage=False)
     pfirst = plain.index(b"\n\n") + 2
     assert out == b": keep-alive\n\n" + plain[:pfirst] + b": ping\n\n" + plain[pfirst:]
@@ -401,19 +401,19 @@ def test_comments_pass_through() -> None:
 
 def test_stray_blank_lines_are_kept() -> None:
     stream = b'data: {"a":1}\n\n\n\ndata: {"b":2}\n\n'
-    out, meter = whole(Api.CHAT, stream, hide=True)
+    out, meter = whole(apis.CHAT, stream, hide=True)
     assert out == stream
     assert meter.events == 2
 
 
 def test_hide_is_ignored_outside_chat() -> None:
     stream = b'data: {"x":1,"usage":null}\n\n'
-    out, _ = whole(Api.RESPONSES, stream, hide=True)
+    out, _ = whole(apis.RESPONSES, stream, hide=True)
     assert out == stream
 
 
 def test_completions_stream() -> None:
-    out, meter = whole(Api.COMPLETIONS, completions_stream(include_usage=True), hide=True)
+    out, meter = whole(apis.COMPLETIONS, completions_stream(include_usage=True), hide=True)
     assert out == completions_stream(include_usage=False)
     assert meter.usage == Usage(2, 3, 0, 0, 5)
     assert meter.done
@@ -424,7 +424,7 @@ def test_completions_stream() -> None:
 
 def test_responses_stream() -> None:
     stream = responses_stream()
-    out, meter = whole(Api.RESPONSES, stream, hide=False)
+    out, meter = whole(apis.RESPONSES, stream, hide=False)
     assert out == stream
     assert meter.usage == Usage(11, 70, 64, 0, 81)
     assert meter.done
@@ -433,17 +433,17 @@ def test_responses_stream() -> None:
 
 def test_responses_stream_bytewise_and_crlf() -> None:
     for stream in (responses_stream(), crlf(responses_stream())):
-        out, meter = bytewise(Api.RESPONSES, stream, hide=False)
+        out, meter = bytewise(apis.RESPONSES, stream, hide=False)
         assert out == stream
         assert meter.usage == Usage(11, 70, 64, 0, 81)
         assert meter.done
 
 
 def test_responses_incomplete_and_failed() -> None:
-    _, meter = whole(Api.RESPONSES, responses_stream("response.incomplete"), hide=False)
+    _, meter = whole(apis.RESPONSES, responses_stream("response.incomplete"), hide=False)
     assert meter.done
     assert meter.usage == Usage(11, 70, 64, 0, 81)
-    _, meter = whole(Api.RESPONSES, responses_stream("response.failed", usage=None), hide=False)
+    _, meter = whole(apis.RESPONSES, responses_stream("response.failed", usage=None), hide=False)
     assert meter.done
     assert meter.usage is None
 
@@ -451,7 +451,7 @@ def test_responses_incomplete_and_failed() -> None:
 def test_responses_cut() -> None:
     stream = responses_stream()
     cut = stream.index(b"event: response.completed")
-    out, meter = whole(Api.RESPONSES, stream[:cut], hide=False)
+    out, meter = whole(apis.RESPONSES, stream[:cut], hide=False)
     assert out == stream[:cut]
     assert not meter.done
     assert meter.usage is None
@@ -462,7 +462,7 @@ def test_responses_error_event_is_not_done() -> None:
         b"event: error\n"
         b'data: {"type":"error","code":"x","message":"m","param":null,"sequence_number":3}\n\n'
     )
-    out, meter = whole(Api.RESPONSES, stream, hide=False)
+    out, meter = whole(apis.RESPONSES, stream, hide=False)
     assert out == stream
     assert not meter.done
 
@@ -472,7 +472,7 @@ def test_responses_malformed_terminal() -> None:
         b"event: response.completed\n"
         b'data: {"type":"response.completed","response":{"usage":{"input_tokens":1\n\n'
     )
-    out, meter = whole(Api.RESPONSES, stream, hide=False)
+    out, meter = whole(apis.RESPONSES, stream, hide=False)
     assert out == stream
     assert meter.done
     assert meter.usage is None
@@ -487,7 +487,7 @@ def test_responses_without_event_lines() -> None:
         for line in [line.split(b"\n", 1)[1]]
     )
     assert b"event:" not in stream.replace(b"event: response.completed\\n", b"")
-    out, meter = whole(Api.RESPONSES, stream, hide=False)
+    out, meter = whole(apis.RESPONSES, stream, hide=False)
     assert out == stream
     assert meter.done
     assert meter.usage == Usage(11, 70, 64, 0, 81)
@@ -496,7 +496,7 @@ def test_responses_without_event_lines() -> None:
         b'data: {"sequence_number":9,"response":{"usage":{"input_tokens":2,"output_tokens":3}},'
         b'"type":"response.completed"}\n\n'
     )
-    out, meter = whole(Api.RESPONSES, odd, hide=False)
+    out, meter = whole(apis.RESPONSES, odd, hide=False)
     assert out == odd
     assert meter.done
     assert meter.usage == Usage(2, 3, 0, 0, 5)
@@ -504,7 +504,7 @@ def test_responses_without_event_lines() -> None:
 
 def test_resumed_responses_stream_as_other() -> None:
     stream = responses_stream()
-    out, meter = whole(Api.OTHER, stream, hide=False)
+    out, meter = whole(apis.OTHER, stream, hide=False)
     assert out == stream
     assert meter.done
     assert meter.usage == Usage(11, 70, 64, 0, 81)
@@ -518,7 +518,7 @@ def test_other_stream_with_done() -> None:
         b'data: {"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}\n\n'
         b"event: done\ndata: [DONE]\n\n"
     )
-    out, meter = whole(Api.OTHER, stream, hide=True)
+    out, meter = whole(apis.OTHER, stream, hide=True)
     assert out == stream
     assert meter.usage == Usage(5, 6, 0, 0, 11)
     assert meter.done
@@ -530,8 +530,8 @@ def test_other_stream_with_done() -> None:
 def test_images_stream() -> None:
     stream = images_stream()
     for out, meter in (
-        whole(Api.IMAGES, stream, hide=False),
-        bytewise(Api.IMAGES, stream, hide=False),
+        whole(apis.IMAGES, stream, hide=False),
+        bytewise(apis.IMAGES, stream, hide=False),
     ):
         assert out == stream
         assert meter.done
@@ -542,7 +542,7 @@ def test_images_stream() -> None:
 def test_images_partial_only() -> None:
     stream = images_stream()
     cut = stream.index(b"event: image_generation.completed")
-    _, meter = whole(Api.IMAGES, stream[:cut], hide=False)
+    _, meter = whole(apis.IMAGES, stream[:cut], hide=False)
     assert not meter.done
     assert meter.usage is None
 
@@ -550,20 +550,20 @@ def test_images_partial_only() -> None:
 # ----------------------------------------------------------------------------- properties
 
 STREAMS = [
-    (Api.CHAT, chat_stream(include_usage=True)),
-    (Api.CHAT, crlf(chat_stream(include_usage=True))),
-    (Api.CHAT, cr(chat_stream(include_usage=True))),
-    (Api.COMPLETIONS, completions_stream(include_usage=True)),
-    (Api.RESPONSES, responses_stream()),
-    (Api.RESPONSES, crlf(responses_stream())),
-    (Api.IMAGES, images_stream()),
-    (Api.CHAT, b": keep-alive\n\n" + chat_stream(include_usage=True)[:-7]),  # cut mid-event
+    (apis.CHAT, chat_stream(include_usage=True)),
+    (apis.CHAT, crlf(chat_stream(include_usage=True))),
+    (apis.CHAT, cr(chat_stream(include_usage=True))),
+    (apis.COMPLETIONS, completions_stream(include_usage=True)),
+    (apis.RESPONSES, responses_stream()),
+    (apis.RESPONSES, crlf(responses_stream())),
+    (apis.IMAGES, images_stream()),
+    (apis.CHAT, b": keep-alive\n\n" + chat_stream(include_usage=True)[:-7]),  # cut mid-event
 ]
 
 
 @pytest.mark.parametrize(("api", "stream"), STREAMS)
 @pytest.mark.parametrize("hide", [False, True])
-def test_random_splits_equal_whole(api: Api, stream: bytes, hide: bool) -> None:
+def test_random_splits_equal_whole(api: ApiSpec, stream: bytes, hide: bool) -> None:
     expected, reference = whole(api, stream, hide=hide)
     rng = random.Random(0)
     for trial in range(200):
@@ -580,9 +580,9 @@ def test_random_splits_equal_whole(api: Api, stream: bytes, hide: bool) -> None:
 
 def test_every_single_split_point() -> None:
     stream = chat_stream(include_usage=True)
-    expected, _ = whole(Api.CHAT, stream, hide=True)
+    expected, _ = whole(apis.CHAT, stream, hide=True)
     for i in range(len(stream) + 1):
-        meter = StreamMeter(Api.CHAT, hide_usage=True)
+        meter = StreamMeter(apis.CHAT, hide_usage=True)
         assert run(meter, [stream[:i], stream[i:]]) == expected, i
         assert meter.usage == CHAT_EXPECTED
 
@@ -595,7 +595,7 @@ def test_large_event_in_small_pieces() -> None:
         + b"A" * 3_000_000
         + b'"}\n\n'
     )
-    meter = StreamMeter(Api.IMAGES, hide_usage=False)
+    meter = StreamMeter(apis.IMAGES, hide_usage=False)
     pieces = [big[i : i + 1024] for i in range(0, len(big), 1024)]
     outs = [meter.feed(p) for p in pieces]
     assert all(o == b"" for o in outs[:-1])
@@ -609,7 +609,7 @@ def test_other_transcription_stream() -> None:
         b'data: {"type":"transcript.text.done","text":"Hi","usage":{"type":"tokens",'
         b'"input_tokens":7,"output_tokens":2,"total_tokens":9}}\n\n'
     )
-    out, meter = whole(Api.OTHER, stream, hide=False)
+    out, meter = whole(apis.OTHER, stream, hide=False)
     assert out == stream
     assert meter.done
     assert meter.usage == Usage(7, 2, 0, 0, 9)

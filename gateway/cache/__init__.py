@@ -1,5 +1,5 @@
 """Response cache: what may be cached and under which key (``policy``), the stored form of a
-response and SSE record/replay (``entry``), storage (``backend``), and single-flight
+response (``entry``), SSE record/replay (``recorder``), storage (``backend``), and single-flight
 (``singleflight``). Only ``backend`` and ``singleflight`` do I/O.
 """
 
@@ -12,12 +12,10 @@ from gateway.cache.backend import (
 from gateway.cache.entry import (
     CONTENT_HEADERS,
     CachedResponse,
-    SseRecorder,
     content_headers,
     decode,
     encode,
     json_storable,
-    replay_events,
 )
 from gateway.cache.policy import (
     IGNORED_FIELDS,
@@ -31,6 +29,7 @@ from gateway.cache.policy import (
     request_directives,
     upstream_identity,
 )
+from gateway.cache.recorder import SseRecorder, replay_events
 from gateway.cache.singleflight import Outcome, SingleFlight, Slot, coalesce
 
 __all__ = [

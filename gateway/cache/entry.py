@@ -1,11 +1,12 @@
-"""A cached response, its storage format, and recording/replaying SSE streams. Pure, no I/O.
+"""A cached response and its storage format. Pure, no I/O.
 
 Storage format (``FORMAT_VERSION`` 1)::
 
     b"GWC" + version byte + zlib( u32 big-endian meta length + meta JSON + content )
 
 ``meta`` holds the status, content headers, API, creation time, usage, the kind (``json`` or
-``sse``) and the length of each content part (the body, or each SSE event). The content itself
+``sse``) and the length of each content part (the body, or each run of SSE events as the relay
+forwarded it). The content itself
 is stored raw, not inside the JSON, so bytes need no escaping or base64. ``decode`` validates
 everything and returns ``None`` for anything it does not fully understand.
 
@@ -26,24 +27,21 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import json_codec
-from gateway.endpoints import BAD_JSON, Api, Usage
-from gateway.sse import StreamMeter
+from gateway.apis import BAD_JSON, ApiSpec, Usage, by_name
 
 __all__ = [
     "CONTENT_HEADERS",
     "FORMAT_VERSION",
     "CachedResponse",
-    "SseRecorder",
     "content_headers",
     "decode",
     "encode",
     "json_storable",
-    "replay_events",
 ]
 
 FORMAT_VERSION = 1
@@ -79,15 +77,15 @@ def content_headers(
 class CachedResponse:
     """One stored response: a JSON ``body`` or a list of SSE ``events``, never both."""
 
-    api: Api
+    api: ApiSpec
     status: int
     #: Filtered through ``content_headers`` on construction (stored as a tuple).
     headers: Sequence[tuple[str, str]]
     #: Unix seconds when the upstream produced it (for the ``age`` header).
     created_at: int
     body: bytes | None = None
-    #: Each a complete event including its separator, exactly as the upstream sent it
-    #: (stored as a tuple).
+    #: Runs of complete events (separators included) exactly as the upstream sent them; a
+    #: trailing partial event left at EOF is the last part (stored as a tuple).
     events: Sequence[bytes] | None = None
     #: What the original request cost upstream: a hit saves this much.
     usage: Usage | None = None
@@ -125,7 +123,7 @@ def encode(entry: CachedResponse) -> bytes:
     parts: Sequence[bytes] = (entry.body,) if entry.body is not None else entry.events or ()
     usage = entry.usage
     meta = {
-        "api": entry.api.value,
+        "api": entry.api.name,
         "status": entry.status,
         "headers": [list(h) for h in entry.headers],
         "created_at": entry.created_at,
@@ -183,7 +181,12 @@ def decode(
 
 def _from_meta(meta: Any, content: memoryview) -> CachedResponse:
     _check(isinstance(meta, dict))
-    api = Api(meta.get("api"))  # ValueError (in BAD_JSON) on anything unknown
+    name = meta.get("api")
+    _check(isinstance(name, str))
+    try:
+        api = by_name(name)
+    except KeyError:
+        raise _Corrupt from None
     status, created_at = meta.get("status"), meta.get("created_at")
     _check(type(status) is int and 100 <= status <= 599 and _is_count(created_at))
     headers = meta.get("headers")
@@ -221,7 +224,7 @@ def _from_meta(meta: Any, content: memoryview) -> CachedResponse:
     )  # fmt: skip
 
 
-def json_storable(api: Api, status: int, body: bytes, *, max_bytes: int) -> str | None:
+def json_storable(api: ApiSpec, status: int, body: bytes, *, max_bytes: int) -> str | None:
     """Why a complete JSON response must not be stored, or ``None`` when it may be.
 
     Reasons: ``"status"`` (not 2xx), ``"too_large"``, ``"invalid"`` (not a JSON object, or an
@@ -238,205 +241,6 @@ def json_storable(api: Api, status: int, body: bytes, *, max_bytes: int) -> str 
         return "invalid"
     if not isinstance(obj, dict) or obj.get("error"):
         return "invalid"
-    if api is Api.RESPONSES and obj.get("status") != "completed":
+    if not api.json_complete(obj):
         return "incomplete"
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# Streams
-# --------------------------------------------------------------------------------------------
-
-_ERROR_KEY = b'"error":'
-_NULL = b"null"
-_TYPE_PREFIX = b'{"type":"'
-
-
-def _fields(event: bytes) -> tuple[bytes | None, bytes]:
-    """The ``event:`` name (if any) and the joined ``data:`` payload of one event."""
-    name: bytes | None = None
-    data: list[bytes] = []
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            data.append(line[6:] if line[5:6] == b" " else line[5:])
-        elif line.startswith(b"event:"):
-            name = line[6:].strip()
-    return name, b"\n".join(data)
-
-
-def _has_top_level_error(event: bytes) -> bool:
-    """Does the data carry a truthy top-level ``error`` (what makes the SDKs raise)?
-
-    Cheap first: ``"error":`` can only be a key (string content escapes its quotes), and the
-    nested ``"error":null`` of Responses objects is skipped without decoding.
-    """
-    i = event.find(_ERROR_KEY)
-    while i >= 0:
-        value = i + len(_ERROR_KEY)
-        if not event.startswith(_NULL, value) and not event.startswith(b" null", value):
-            _, data = _fields(event)
-            try:
-                obj = json_codec.loads(data)
-            except BAD_JSON:
-                return False
-            return isinstance(obj, dict) and bool(obj.get("error"))
-        i = event.find(_ERROR_KEY, value)
-    return False
-
-
-def _event_type(event: bytes) -> bytes | None:
-    name, data = _fields(event)
-    if name is not None:
-        return name
-    if data.startswith(_TYPE_PREFIX):
-        end = data.find(b'"', len(_TYPE_PREFIX))
-        if end >= 0:
-            return data[len(_TYPE_PREFIX) : end]
-    return None
-
-
-def _separator(data: bytes) -> bytes:
-    """The event separator of a stream, from its first line terminator (as StreamMeter does)."""
-    lf = data.find(b"\n")
-    cr = data.find(b"\r", 0, lf if lf >= 0 else len(data))
-    if cr < 0:
-        return b"\n\n"
-    return b"\r\n\r\n" if data[cr + 1 : cr + 2] == b"\n" else b"\r\r"
-
-
-class SseRecorder:
-    """Keeps a copy of an upstream SSE stream, event by event, for the cache.
-
-    Feed it the raw upstream bytes (before the gateway hides the usage chunk); at the end,
-    ``result()`` gives the events to store, or ``None`` when the stream must not be cached:
-
-    - ``"incomplete"``: it did not finish: no ``data: [DONE]`` (Chat, Completions), no
-      ``response.completed`` (Responses: ``incomplete`` and ``failed`` do not count), no
-      ``*.completed`` (Images);
-    - ``"error"``: an ``error`` event, or data with a top-level ``error`` (SDKs raise on it);
-    - ``"too_large"``: more than ``max_bytes`` arrived; from then on nothing is kept.
-
-    Event boundaries come from a ``StreamMeter`` (without hiding), so they are exactly the ones
-    the gateway's relay sees.
-    """
-
-    __slots__ = (
-        "_completed",
-        "_eof",
-        "_events",
-        "_failure",
-        "_max_bytes",
-        "_meter",
-        "_sep",
-        "_size",
-        "api",
-    )
-
-    def __init__(self, api: Api, *, max_bytes: int) -> None:
-        if api not in (Api.CHAT, Api.COMPLETIONS, Api.RESPONSES, Api.IMAGES):
-            raise ValueError(f"{api} streams are not cacheable")
-        self.api = api
-        self._max_bytes = max_bytes
-        self._meter: StreamMeter | None = StreamMeter(api, hide_usage=False)
-        self._events: list[bytes] = []
-        self._sep: bytes | None = None
-        self._size = 0
-        self._completed = False
-        self._failure: str | None = None
-        self._eof = False  # result() was called
-
-    @property
-    def usage(self) -> Usage | None:
-        """The usage the stream reported (usage chunk, or the terminal event's)."""
-        return self._meter.usage if self._meter is not None else None
-
-    @property
-    def reason(self) -> str | None:
-        """Why the stream is not cacheable (so far), or ``None``."""
-        if self._failure is not None:
-            return self._failure
-        return None if self._completed else "incomplete"
-
-    def feed(self, chunk: bytes) -> None:
-        meter = self._meter
-        if meter is None or self._failure is not None or not chunk:
-            return
-        self._size += len(chunk)
-        if self._size > self._max_bytes:
-            self._fail("too_large")
-            return
-        complete = meter.feed(chunk)
-        if complete:
-            self._split(complete)
-        # Chat/Completions: the meter's ``done`` is exactly "a data: [DONE] event arrived".
-        if meter.done and self._failure is None and self.api in (Api.CHAT, Api.COMPLETIONS):
-            self._completed = True
-
-    def _split(self, complete: bytes) -> None:
-        sep = self._sep
-        if sep is None:
-            sep = self._sep = _separator(complete)
-        pieces = complete.split(sep)
-        # ``complete`` ends with a separator, so the last piece is empty.
-        for piece in pieces[:-1]:
-            event = piece + sep
-            self._events.append(event)
-            self._inspect(event)
-            if self._failure is not None:
-                return
-
-    def _inspect(self, event: bytes) -> None:
-        if self.api is Api.CHAT or self.api is Api.COMPLETIONS:
-            if _ERROR_KEY in event and _has_top_level_error(event):
-                self._fail("error")
-            return
-        kind = _event_type(event)
-        if kind == b"error" or (_ERROR_KEY in event and _has_top_level_error(event)):
-            self._fail("error")
-        elif self.api is Api.RESPONSES:
-            if kind == b"response.completed":
-                self._completed = True
-        elif kind is not None and kind.endswith(b".completed"):
-            self._completed = True
-
-    def _fail(self, reason: str) -> None:
-        self._failure = reason
-        self._events = []
-        self._meter = None
-
-    def result(self) -> list[bytes] | None:
-        """Call at the end of the stream: the events to store, or ``None`` (see ``reason``)."""
-        if not self._eof:
-            self._eof = True
-            if self._meter is not None:
-                # A partial event left at EOF is forwarded unchanged by the relay; keep it so a
-                # replay sends the same bytes.
-                rest = self._meter.flush()
-                if rest:
-                    self._events.append(rest)
-        if self.reason is not None:
-            return None
-        return list(self._events)
-
-
-def replay_events(entry: CachedResponse, *, include_usage: bool) -> Iterator[bytes]:
-    """The bytes to send a client for a cached stream, event by event.
-
-    Chat and Completions streams were stored with the usage chunk and the ``"usage":null`` keys
-    (the gateway always asks upstream for them); a client that did not ask for
-    ``include_usage`` gets them removed by the same ``StreamMeter`` the live relay uses, so a
-    hit is byte-identical to what a miss sends. Other streams are replayed as stored.
-    """
-    if entry.events is None:
-        raise ValueError("not a stream entry")
-    if include_usage or entry.api not in (Api.CHAT, Api.COMPLETIONS):
-        yield from entry.events
-        return
-    meter = StreamMeter(entry.api, hide_usage=True)
-    for event in entry.events:
-        out = meter.feed(event)
-        if out:
-            yield out
-    rest = meter.flush()
-    if rest:
-        yield rest

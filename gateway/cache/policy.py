@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway import json_codec
+from gateway.apis import RequestInfo
 from gateway.config import CacheConfig, TeamCacheConfig, UpstreamConfig
-from gateway.endpoints import Api, RequestInfo
 
 __all__ = [
     "IGNORED_FIELDS",
@@ -192,29 +192,16 @@ def decide(
     info: RequestInfo, body: dict[str, Any], settings: CacheSettings, *, force: bool
 ) -> Decision:
     """May this request be answered from, and stored into, the cache?"""
-    api = info.api
     if not settings.enabled:
         return _no("disabled")
-    if api is Api.OTHER:
-        return _no("other")
-    if api is Api.RESPONSES and (
-        body.get("previous_response_id") is not None
-        or body.get("conversation") is not None
-        or bool(body.get("background"))
-    ):
-        return _no("stateful")
-    if not settings.responses_with_store and (
-        (api is Api.RESPONSES and body.get("store") is not False)
-        or (api is Api.CHAT and body.get("store") is True)
-    ):
-        return _no("store")
-    if api is Api.IMAGES and not settings.images:
-        return _no("images")
+    refusal = info.api.cache_refusal(body, settings)
+    if refusal is not None:
+        return _no(refusal)
     if not settings.allows_model(info.model):
         return _no("model")
-    if api is Api.EMBEDDINGS or api is Api.IMAGES:
+    if not info.api.sampled:  # Embeddings; Images, once a deployment opted in
         return _OK
-    # Chat, Completions, Responses: deterministic sampling and a single output.
+    # Sampled APIs: deterministic sampling and a single output.
     if info.temperature != 0:  # None is the default, 1
         return _FORCED if force else _no("temperature")
     if info.n != 1:  # Completions: max(n, best_of)

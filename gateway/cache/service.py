@@ -22,15 +22,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.apis import ApiSpec, RequestInfo, Usage
 from gateway.cache.backend import CacheBackend, CacheBackendError
-from gateway.cache.entry import (
-    CachedResponse,
-    SseRecorder,
-    decode,
-    encode,
-    json_storable,
-    replay_events,
-)
+from gateway.cache.entry import CachedResponse, decode, encode, json_storable
 from gateway.cache.policy import (
     CacheSettings,
     Directives,
@@ -41,10 +35,11 @@ from gateway.cache.policy import (
     request_directives,
     upstream_identity,
 )
+from gateway.cache.recorder import SseRecorder, replay_events
 from gateway.cache.singleflight import SingleFlight, Slot, coalesce
 from gateway.config import GatewayConfig, TeamConfig
-from gateway.endpoints import Api, RequestInfo, Usage
 from gateway.metrics import Metrics
+from gateway.sse import StreamMeter
 from gateway.store.breaker import StoreBreaker
 
 log = logging.getLogger("gateway.cache")
@@ -115,7 +110,7 @@ class CachePlan:
     key: str
     settings: CacheSettings
     directives: Directives
-    api: Api
+    api: ApiSpec
     slot: Slot | None = None
     output_lowered: bool = False  # the gateway wrote a lower output limit than asked
     backend_failed: bool = False  # the lookup could not reach the backend
@@ -229,8 +224,9 @@ class CacheService:
             finally:
                 slot.publish(None)  # no-op when store() already published
 
-    def recorder(self, plan: CachePlan) -> SseRecorder:
-        return SseRecorder(plan.api, max_bytes=plan.settings.max_entry_bytes)
+    def recorder(self, plan: CachePlan, meter: StreamMeter) -> SseRecorder:
+        """Records the stream ``meter`` relays, for ``store_stream``."""
+        return SseRecorder(meter, max_bytes=plan.settings.max_entry_bytes)
 
     async def store_json(
         self,

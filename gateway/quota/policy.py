@@ -21,23 +21,19 @@ import datetime as dt
 import fnmatch
 from dataclasses import dataclass
 
+from gateway.apis import RequestInfo, Usage
 from gateway.config import ModelProfile, QuotaRule, TeamConfig
-from gateway.endpoints import REASONING_EFFORTS, Api, RequestInfo, Usage
-from gateway.errors import InvalidRequestError, QuotaExceededError
+from gateway.errors import QuotaExceededError
 from gateway.quota.windows import Window, go_duration, window_at
 from gateway.store import keys
 from gateway.store.base import ReserveOutcome, WindowCharge
 
 PROMPT_BYTES_PER_TOKEN = 3
-#: OpenAI's default output limit for the legacy completions API.
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 #: Longest retry-after an SDK honours (openai-python 1.x and node: 60 s); beyond it, say
 #: ``x-should-retry: false`` so no SDK spins on a window that is hours away from resetting.
 SDK_RETRY_HORIZON_SECONDS = 60.0
 #: How long settled counters outlive their window, so usage stays readable a while.
 COUNTER_RETENTION_SECONDS = 3600.0
-
-OUTPUT_APIS = frozenset({Api.CHAT, Api.RESPONSES, Api.COMPLETIONS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +67,11 @@ def estimate_prompt_tokens(body_bytes: int) -> int:
 
 def requested_output(info: RequestInfo, profile: ModelProfile, team: TeamConfig) -> int:
     """The per-choice output budget a request asks for, after the team's ceiling."""
-    if info.api not in OUTPUT_APIS:
+    if not info.api.produces_output:
         return 0
     asked = info.max_output_tokens
     if asked is None:
-        asked = (
-            COMPLETIONS_DEFAULT_MAX_TOKENS
-            if info.api is Api.COMPLETIONS
-            else profile.default_output_tokens
-        )
+        asked = info.api.default_output_tokens(profile)
     if team.max_output_tokens is not None:
         asked = min(asked, team.max_output_tokens)
     return asked
@@ -96,7 +88,7 @@ def plan_request(
     hold_seconds: float,
 ) -> QuotaPlan:
     output = requested_output(info, profile, team)
-    choices = max(1, info.n) if info.api in OUTPUT_APIS else 0
+    choices = max(1, info.n) if info.api.produces_output else 0
     prompt = estimate_prompt_tokens(body_bytes)
     by_key: dict[str, PlannedWindow] = {}
     for rule in rules:
@@ -119,19 +111,9 @@ def plan_request(
     return QuotaPlan(
         windows=tuple(by_key.values()),
         requested_output=output,
-        min_output=min(_useful_minimum(info.api, profile), output),
+        min_output=min(info.api.min_output_tokens(profile), output),
         choices=choices,
     )
-
-
-#: The Responses API refuses ``max_output_tokens`` below 16: never clamp a request under it.
-RESPONSES_MIN_OUTPUT_TOKENS = 16
-
-
-def _useful_minimum(api: Api, profile: ModelProfile) -> int:
-    if api is Api.RESPONSES:
-        return max(profile.min_output_tokens, RESPONSES_MIN_OUTPUT_TOKENS)
-    return profile.min_output_tokens
 
 
 def _amounts(metric: str, prompt: int, choices: int, profile: ModelProfile) -> tuple[int, int]:
@@ -166,24 +148,6 @@ def actual_amounts(plan: QuotaPlan, usage: Usage) -> list[int]:
 
 def reserved_amounts(plan: QuotaPlan, output: int) -> list[int]:
     return [w.charge.fixed + w.charge.per_output * output for w in plan.windows]
-
-
-def enforce_effort(team: TeamConfig, info: RequestInfo, profile: ModelProfile) -> str | None:
-    """The effort to write into the request, or None to leave it; raises to reject."""
-    ceiling = team.max_reasoning_effort
-    if ceiling is None or not profile.reasoning:
-        return None
-    asked = info.reasoning_effort or "medium"  # OpenAI's documented default
-    if REASONING_EFFORTS.index(asked) <= REASONING_EFFORTS.index(ceiling):
-        return None
-    if team.on_effort_exceeded == "reject":
-        param = "reasoning.effort" if info.api is Api.RESPONSES else "reasoning_effort"
-        raise InvalidRequestError(
-            f"Reasoning effort {asked!r} is above this team's maximum of {ceiling!r}.",
-            param=param,
-            code="reasoning_effort_not_allowed",
-        )
-    return ceiling
 
 
 def _iso(ts: float) -> str:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.apis import Usage
 from gateway.config import QuotaRule
-from gateway.endpoints import Usage
 from gateway.errors import StoreUnavailableError
 from gateway.metrics import Metrics
 from gateway.quota.policy import (

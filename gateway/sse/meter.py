@@ -10,43 +10,35 @@ Two constraints shape this module:
   that flag added (the usage-only chunk and the ``"usage":null`` keys), so the client sees what
   OpenAI would have sent it without the flag.
 
-Why byte searches are safe on JSON: inside a JSON string every ``"`` is escaped as ``\\"``, so a
-sequence such as ``"usage":`` (quote, name, quote, colon) can never lie inside string content.
-In valid JSON it only ever appears as an object key.
+How a stream is read follows its API's ``StreamFormat``; what ends it and where its usage is
+come from the API spec.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from gateway import json_codec
-from gateway.endpoints import BAD_JSON, Api, Usage, usage_from_object
+from gateway.apis import ApiSpec, StreamFormat, Usage
+from gateway.sse.framing import (
+    DONE_PREFIXES,
+    ERROR_KEY,
+    USAGE_KEY,
+    Buffer,
+    decode_data,
+    detect_separator,
+    event_type,
+    first_field,
+    has_object_key,
+    has_top_level_error,
+    is_object_at,
+)
 
 __all__ = ["StreamMeter"]
 
-_DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
-_USAGE_KEY = b'"usage":'
-_USAGE_KEY_LEN = len(_USAGE_KEY)
+_USAGE_KEY_LEN = len(USAGE_KEY)
 _NULL = b"null"
-_TYPE_PREFIX = b'data: {"type":"'
-_RESPONSE_TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
-_IMAGE_TERMINAL_SUFFIX = b".completed"
-#: Terminal event types of passthrough streams (resumed Responses streams are in
-#: ``_RESPONSE_TERMINAL``): image edits/generations, transcriptions, speech, Assistants.
-_OTHER_TERMINAL = frozenset(
-    {
-        b"image_generation.completed",
-        b"image_edit.completed",
-        b"transcript.text.done",
-        b"speech.audio.done",
-        b"done",
-    }
-)
-_FIELD_PREFIXES = (b"data:", b"event:")
-
-_LF, _COMMA, _SPACE, _BRACE = (ord(c) for c in "\n, {")
-
-Buffer = bytes | bytearray
+_COMMA = ord(",")
 
 
 class StreamMeter:
@@ -56,34 +48,43 @@ class StreamMeter:
     held until the rest arrives, because hiding and metering need the whole event. ``flush``
     releases the partial event unchanged at EOF.
 
-    The line-ending style (``\\n``, ``\\r\\n`` or ``\\r``) is fixed by the first line terminator
-    of the stream: a server uses one style throughout, and this lets an event boundary be a
-    single ``bytes.find`` of one separator.
+    ``tap``, when set, receives the upstream's bytes of every completed run of events before
+    anything is hidden (the cache recorder keeps them): one framing pass serves both.
     """
 
     __slots__ = (
         "_buf",
+        "_data_only",
         "_eol",
         "_scan",
         "_sep",
         "api",
         "done",
+        "error",
         "events",
         "hide_usage",
+        "tap",
+        "terminal",
         "usage",
     )
 
-    def __init__(self, api: Api, *, hide_usage: bool) -> None:
+    def __init__(self, api: ApiSpec, *, hide_usage: bool) -> None:
         self.api = api
-        #: Only meaningful for Chat/Completions, the APIs where usage is opt-in.
-        self.hide_usage = hide_usage and api in (Api.CHAT, Api.COMPLETIONS)
+        self._data_only = api.stream_format is StreamFormat.DATA_ONLY
+        #: Only meaningful where usage is opt-in (DATA_ONLY streams).
+        self.hide_usage = hide_usage and self._data_only
         #: The last usage seen; ``None`` until a usage-bearing event arrives (or never, when the
         #: stream was cut, which the caller must then estimate).
         self.usage: Usage | None = None
         #: A terminal event arrived, i.e. the stream was not cut off.
         self.done = False
+        #: The terminal event's type (TYPED and MIXED streams).
+        self.terminal: bytes | None = None
+        #: An error event arrived (an ``error`` type or a top-level ``error`` key).
+        self.error = False
         #: Complete events seen, comments and stray blank lines excluded.
         self.events = 0
+        self.tap: Callable[[bytes], None] | None = None
         self._buf = bytearray()
         #: Where in ``_buf`` the next search for a separator (or, before the line-ending
         #: style is known, for a line terminator) starts: bytes before it were already
@@ -106,16 +107,17 @@ class StreamMeter:
         start = self._scan
         sep = self._sep
         if sep is None:
-            start = self._detect(data, start)
-            sep = self._sep
-            if sep is None:
-                self._scan = start
+            found = detect_separator(data, start)
+            if isinstance(found, int):
+                self._scan = found
                 if data is not buf:
                     buf += data
                 return b""
+            sep, self._eol = found
+            self._sep = sep
         seplen = len(sep)
 
-        if self.api is Api.CHAT or self.api is Api.COMPLETIONS:
+        if self._data_only:
             last = data.rfind(sep, max(0, start - seplen + 1))
             if last < 0:
                 self._scan = max(start, len(data) - seplen + 1)
@@ -124,10 +126,13 @@ class StreamMeter:
                 return b""
             end = last + seplen
             saved = (self.events, self.done, self.usage)
-            fast = self._fast_chat(bytes(data[:end]))
+            region = bytes(data[:end])
+            fast = self._fast_chat(region)
             if fast is None:
                 self.events, self.done, self.usage = saved  # the slow path redoes it all
             else:
+                if self.tap is not None:
+                    self.tap(region)
                 rest = bytes(data[end:]) if end < len(data) else b""
                 buf.clear()
                 buf += rest
@@ -155,6 +160,8 @@ class StreamMeter:
 
         size = len(data)
         self._scan = max(start, size - seplen + 1) - pos
+        if self.tap is not None and pos:
+            self.tap(bytes(data[:pos]))
         out: bytes
         if parts is not None:
             if emit_from < pos:
@@ -171,12 +178,12 @@ class StreamMeter:
         return out
 
     def _fast_chat(self, region: bytes) -> bytes | None:
-        """A run of complete Chat/Completions events at C speed, or None for the slow path.
+        """A run of complete DATA_ONLY events at C speed, or None for the slow path.
 
         The common stream is ``data:`` events only, the gateway's ``,"usage":null`` key at the
         end of each, and one usage chunk near the end: the keys go in one ``bytes.replace``
         over the run, the usage chunk is handled alone by ``_process``. Anything else
-        (comments, ``id:`` lines, odd key order) takes the event-by-event path.
+        (comments, ``id:`` lines, odd key order, errors) takes the event-by-event path.
         """
         sep = self._sep
         assert sep is not None
@@ -206,6 +213,7 @@ class StreamMeter:
             not region.startswith(b"data:")
             or region.count(sep + b"data:") != count - 1
             or sep + self._eol in region  # a stray blank line: let the slow path frame it
+            or ERROR_KEY in region  # rare: the slow path looks at it event by event
         ):
             return None
         if self.hide_usage:
@@ -213,7 +221,7 @@ class StreamMeter:
             if b'"usage":null' in region:
                 return None
         self.events += count
-        if region.startswith(_DONE_PREFIXES) or any(sep + d in region for d in _DONE_PREFIXES):
+        if region.startswith(DONE_PREFIXES) or any(sep + d in region for d in DONE_PREFIXES):
             self.done = True
         return region
 
@@ -222,30 +230,9 @@ class StreamMeter:
         out = bytes(self._buf)
         self._buf.clear()
         self._scan = 0
+        if out and self.tap is not None:
+            self.tap(out)
         return out
-
-    # -- framing -------------------------------------------------------------------------------
-
-    def _detect(self, data: Buffer, start: int) -> int:
-        """Fix the line-ending style from the first terminator; return where to search next.
-
-        Leaves ``_sep`` as ``None`` when undecidable yet (no terminator, or a ``\\r`` as the
-        last byte, which may be the first half of ``\\r\\n``).
-        """
-        lf = data.find(b"\n", start)
-        cr = data.find(b"\r", start, lf if lf >= 0 else len(data))
-        if cr < 0:
-            if lf < 0:
-                return len(data)
-            self._sep, self._eol = b"\n\n", b"\n"
-            return lf
-        if cr + 1 == len(data):
-            return cr
-        if data[cr + 1] == _LF:
-            self._sep, self._eol = b"\r\n\r\n", b"\r\n"
-        else:
-            self._sep, self._eol = b"\r\r", b"\r"
-        return cr
 
     # -- per event -----------------------------------------------------------------------------
 
@@ -255,37 +242,27 @@ class StreamMeter:
         Returns ``None`` to forward it unchanged (the common case), ``b""`` to drop it, or the
         bytes to forward instead.
         """
-        head = pos  # the first ``data:``/``event:`` line; checks look there
-        if not data.startswith(_FIELD_PREFIXES, pos):
-            # Rare: leading comment/``id:``/``retry:`` lines, or no data at all (keep-alive).
-            eol = self._eol
-            head = -1
-            p = pos
-            while p < end:
-                if data.startswith(_FIELD_PREFIXES, p):
-                    head = p
-                    break
-                nl = data.find(eol, p, end)
-                if nl < 0:
-                    break
-                p = nl + len(eol)
-            if head < 0:
-                return None
-        self.events += 1
-        api = self.api
-        if api is Api.CHAT or api is Api.COMPLETIONS:
-            return self._process_chat(data, pos, head, end)
-        if api is Api.RESPONSES or api is Api.IMAGES:
-            self._process_typed(data, pos, head, end)
+        head = first_field(data, pos, end, self._eol)
+        if head < 0:
             return None
-        self._process_other(data, pos, head, end)
+        self.events += 1
+        fmt = self.api.stream_format
+        if fmt is StreamFormat.DATA_ONLY:
+            return self._process_data_only(data, pos, head, end)
+        if fmt is StreamFormat.TYPED:
+            self._process_typed(data, pos, head, end)
+        else:
+            self._process_mixed(data, pos, head, end)
         return None
 
-    def _process_chat(self, data: Buffer, pos: int, head: int, end: int) -> bytes | None:
-        if data.startswith(_DONE_PREFIXES, head):
+    def _process_data_only(self, data: Buffer, pos: int, head: int, end: int) -> bytes | None:
+        if data.startswith(DONE_PREFIXES, head):
             self.done = True
             return None
-        i = data.find(_USAGE_KEY, head, end)
+        if ERROR_KEY in data[head:end] and has_top_level_error(data, pos, end):
+            self.error = True
+            return None
+        i = data.find(USAGE_KEY, head, end)
         if i < 0:
             return None
         value = i + _USAGE_KEY_LEN
@@ -294,18 +271,18 @@ class StreamMeter:
                 return None
             # The gateway's include_usage added ``"usage":null`` to every chunk. OpenAI writes
             # it compactly after ``choices`` as ``,"usage":null``; removing exactly that keeps
-            # the object valid. The key cannot be string content (see the module docstring).
+            # the object valid. The key cannot be string content (see sse.framing).
             if data[i - 1] == _COMMA:
                 return bytes(data[pos : i - 1]) + bytes(data[value + 4 : end])
             if data[value + 4] == _COMMA:  # first key: ``{"usage":null,...``
                 return bytes(data[pos:i]) + bytes(data[value + 5 : end])
             return None
-        if not _is_object_at(data, value, end):
+        if not is_object_at(data, value, end):
             return None
-        obj = _parse_data(data, pos, end)
+        obj = decode_data(data, pos, end)
         if obj is None:
             return None  # undecodable: forward as is rather than guess
-        usage = usage_from_object(self.api, obj.get("usage"))
+        usage = self.api.usage(obj.get("usage"))
         if usage is not None:
             self.usage = usage
         # The usage-only chunk is recognisable by its empty ``choices``. Servers that attach
@@ -315,114 +292,62 @@ class StreamMeter:
             return b""
         return None
 
-    def _event_type(self, data: Buffer, head: int, end: int) -> bytes | None:
-        """The event's type from its ``event:`` line, else from a leading ``"type"`` key."""
-        if data.startswith(b"event:", head):
-            eol = data.find(self._eol, head, end)
-            return bytes(data[head + 6 : eol]).strip()
-        if data.startswith(_TYPE_PREFIX, head):
-            start = head + len(_TYPE_PREFIX)
-            quote = data.find(b'"', start, end)
-            if quote >= 0:
-                return bytes(data[start:quote])
-        return None
-
     def _process_typed(self, data: Buffer, pos: int, head: int, end: int) -> None:
-        """Responses and Images streams: only the terminal event carries usage."""
-        kind = self._event_type(data, head, end)
+        """Typed streams: only the terminal event carries usage."""
+        kind = event_type(data, head, end, self._eol)
         if kind is None:
             # Neither an ``event:`` line nor a leading type: fall back to decoding any event
             # that carries a usage object, and read its type from the JSON.
-            if not _has_usage_object(data, pos, end):
+            if ERROR_KEY in data[head:end] and has_top_level_error(data, pos, end):
+                self.error = True
+            if not has_object_key(data, USAGE_KEY, pos, end):
                 return
-            obj = _parse_data(data, pos, end)
+            obj = decode_data(data, pos, end)
             if obj is None:
                 return
             raw = obj.get("type")
             if not isinstance(raw, str):
                 return
             kind = raw.encode()
-            if not self._is_terminal(kind):
-                return
-            self.done = True
-            self._take_usage(obj)
+            if self._end(kind):
+                self._take_usage(obj)
             return
-        if not self._is_terminal(kind):
-            return
-        self.done = True
-        if _has_usage_object(data, pos, end):
-            obj = _parse_data(data, pos, end)
+        if kind == b"error" or (
+            ERROR_KEY in data[head:end] and has_top_level_error(data, pos, end)
+        ):
+            self.error = True
+        if self._end(kind) and has_object_key(data, USAGE_KEY, pos, end):
+            obj = decode_data(data, pos, end)
             if obj is not None:
                 self._take_usage(obj)
 
-    def _is_terminal(self, kind: bytes) -> bool:
-        if self.api is Api.RESPONSES:
-            return kind in _RESPONSE_TERMINAL
-        return kind.endswith(_IMAGE_TERMINAL_SUFFIX)
+    def _end(self, kind: bytes) -> bool:
+        if not self.api.is_terminal_event(kind):
+            return False
+        self.done = True
+        self.terminal = kind
+        return True
 
-    def _take_usage(self, obj: dict[str, Any]) -> None:
-        # Responses nest the usage in the ``response`` object; image events carry it on top.
-        holder: object = obj.get("response") if self.api is Api.RESPONSES else obj
-        if isinstance(holder, dict):
-            usage = usage_from_object(self.api, holder.get("usage"))
-            if usage is not None:
-                self.usage = usage
+    def _take_usage(self, event: dict[str, Any]) -> None:
+        usage = self.api.stream_usage(event)
+        if usage is not None:
+            self.usage = usage
 
-    def _process_other(self, data: Buffer, pos: int, head: int, end: int) -> None:
+    def _process_mixed(self, data: Buffer, pos: int, head: int, end: int) -> None:
         """Passthrough streams: best-effort metering of whatever shape arrives.
 
         Covers resumed Responses streams (GET ``/responses/{id}?stream=true``), image edits,
         transcriptions and Assistants runs. The last usage seen wins, which for Assistants is
         the run's total rather than a step's.
         """
-        if data.startswith(_DONE_PREFIXES, head):
+        if data.startswith(DONE_PREFIXES, head):
             self.done = True
             return
-        kind = self._event_type(data, head, end)
-        # ``event: done`` ends Assistants runs (its data is ``[DONE]``, after the event line).
-        if kind is not None and (kind in _OTHER_TERMINAL or kind in _RESPONSE_TERMINAL):
-            self.done = True
-        if not _has_usage_object(data, pos, end):
+        kind = event_type(data, head, end, self._eol)
+        if kind is not None:
+            self._end(kind)  # ``event: done`` ends Assistants runs (its data is ``[DONE]``)
+        if not has_object_key(data, USAGE_KEY, pos, end):
             return
-        obj = _parse_data(data, pos, end)
-        if obj is None:
-            return
-        response = obj.get("response")
-        holder = response if isinstance(response, dict) and "usage" in response else obj
-        usage = usage_from_object(Api.OTHER, holder.get("usage"))
-        if usage is not None:
-            self.usage = usage
-
-
-def _is_object_at(data: Buffer, value: int, end: int) -> bool:
-    """Is a JSON object (not ``null``) the value starting at ``value``? One space tolerated."""
-    if value >= end:
-        return False
-    c = data[value]
-    if c == _SPACE and value + 1 < end:
-        c = data[value + 1]
-    return c == _BRACE
-
-
-def _has_usage_object(data: Buffer, pos: int, end: int) -> bool:
-    i = data.find(_USAGE_KEY, pos, end)
-    while i >= 0:
-        if _is_object_at(data, i + _USAGE_KEY_LEN, end):
-            return True
-        i = data.find(_USAGE_KEY, i + _USAGE_KEY_LEN, end)
-    return False
-
-
-def _parse_data(data: Buffer, pos: int, end: int) -> dict[str, Any] | None:
-    """Decode the JSON of one event's ``data:`` lines (joined by ``\\n``, as SSE specifies)."""
-    payload: list[bytes] = []
-    for line in bytes(data[pos:end]).splitlines():
-        if line.startswith(b"data:"):
-            payload.append(line[6:] if line[5:6] == b" " else line[5:])
-    if not payload:
-        return None
-    try:
-        obj = json_codec.loads(b"\n".join(payload))
-    except BAD_JSON:
-        return None
-    return obj if isinstance(obj, dict) else None
+        obj = decode_data(data, pos, end)
+        if obj is not None:
+            self._take_usage(obj)

@@ -1,0 +1,223 @@
+"""The metered path, top to bottom as in the design: parse, team policy, cache (lookup,
+single-flight), reserve, forward, relay, settle, store. Every step is a call into the module
+that owns it; this one only orders them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway import json_codec
+from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
+from gateway.cache.entry import CachedResponse
+from gateway.cache.service import CachePlan
+from gateway.config import ModelProfile
+from gateway.errors import GatewayError, InvalidRequestError, QuotaExceededError
+from gateway.pipeline import team_policy
+from gateway.pipeline.exchange import ensure_request_id
+from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
+from gateway.quota.policy import plan_request
+from gateway.quota.service import Reservation
+from gateway.sse import StreamMeter
+from gateway.upstream.relay import StreamEnd, relay_events, relay_sse
+
+_JSON = "application/json"
+_SSE = "text/event-stream"
+
+
+@dataclass(slots=True)
+class MeteredCall:
+    """A request to a metered API, as parsed and rewritten so far."""
+
+    call: Call
+    info: RequestInfo
+    profile: ModelProfile
+    raw: bytes
+    body: dict[str, Any]
+
+
+async def handle_metered(call: Call, api: ApiSpec) -> web.StreamResponse:
+    request, state, exchange = call.request, call.state, call.exchange
+    raw = await request.read()
+    body = _decode_body(raw)
+    info = api.parse(body)
+    assert isinstance(body, dict)  # a metered API's parse refuses anything else (400)
+    exchange.model, exchange.stream = info.model, info.stream
+    team_policy.check_model(call.team, call.team_name, info.model)
+    profile = call.config.model_profile(info.model)
+    effort = team_policy.reasoning_effort(call.team, info, profile)
+    if effort is not None:
+        body = api.with_reasoning_effort(info, body, effort)
+    metered = MeteredCall(call, info, profile, raw, body)
+
+    query = request.rel_url.raw_query_string
+    plan = state.cache.plan(
+        call.config,
+        call.team_name,
+        call.team,
+        info,
+        body,
+        method=request.method,
+        path=f"{call.path}?{query}" if query else call.path,
+        headers=request.headers,
+    )
+    if plan is None:
+        return await _charged(metered, None)
+    entry, exchange.cache = await state.cache.lookup(plan)
+    if entry is not None:
+        return await _serve_hit(metered, plan.key, entry)
+    if not plan.directives.lookup:
+        return await _charged(metered, plan)  # no-cache: a fresh answer, stored for the next one
+    async with state.cache.coalesce(plan) as shared:
+        if shared is not None:
+            exchange.cache = "hit"  # stored, or produced by an identical request in flight
+            return await _serve_hit(metered, plan.key, shared)
+        if plan.backend_failed:
+            exchange.cache = "error"
+        return await _charged(metered, plan)
+
+
+def _decode_body(raw: bytes) -> object:
+    try:
+        return json_codec.loads(raw)
+    except BAD_JSON:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            code="invalid_json",
+        ) from None
+
+
+async def _serve_hit(metered: MeteredCall, key: str, entry: CachedResponse) -> web.StreamResponse:
+    """Replay a stored response: no upstream call, no quota charge; tokens count as saved."""
+    call = metered.call
+    exchange, cache = call.exchange, call.state.cache
+    exchange.usage = entry.usage
+    headers: CIMultiDict[str] = CIMultiDict(entry.headers)
+    headers["x-gateway-cache"] = "hit"
+    headers["age"] = str(entry.age(cache.clock()))
+    ensure_request_id(headers, exchange.request_id)
+    if entry.events is None:
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
+    client = web.StreamResponse(status=entry.status, headers=headers)
+    if not await start_stream(client, call.request, exchange):
+        return client
+    replay = cache.replay(key, entry, include_usage=metered.info.include_usage)
+    note_stream_end(exchange, await relay_events(client, [replay]))
+    return client
+
+
+async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamResponse:
+    """Reserve, forward, relay, settle: the path of every request that reaches the upstream."""
+    call, info = metered.call, metered.info
+    state, exchange = call.state, call.exchange
+    reservation = await _reserve(metered)
+    try:
+        body = metered.body
+        limit = team_policy.output_limit(info, call.team, reservation)
+        if limit is not None:
+            body = info.api.with_output_limit(info, body, limit)
+            exchange.extra["output_limit"] = limit
+            if plan is not None:
+                plan.output_lowered = True
+        # Usage must be metered on every stream: ask for it, and hide it again from a client
+        # that did not ask, so its stream stays exactly what OpenAI would have sent it.
+        if info.hides_usage:
+            body = info.api.with_usage_requested(info, body)
+        extra_headers = dict(reservation.headers) if reservation is not None else {}
+        if limit is not None:
+            extra_headers["x-gateway-output-limit"] = str(limit)
+        if plan is not None:
+            extra_headers["x-gateway-cache"] = exchange.cache
+        # Always the gateway's own serialisation, never the client's bytes: a body with
+        # duplicate keys must mean to the upstream exactly what the gateway checked.
+        return await _forward(metered, json_codec.dumps(body), extra_headers, plan)
+    finally:
+        if reservation is not None:
+            # Shielded: a handler cancelled at shutdown must still settle what it reserved.
+            await asyncio.shield(
+                state.quotas.settle(reservation, exchange.usage, release=exchange.released)
+            )
+
+
+async def _reserve(metered: MeteredCall) -> Reservation | None:
+    call = metered.call
+    state, team_name, exchange = call.state, call.team_name, call.exchange
+    rules = call.config.quota_rules(team_name)
+    if not rules:
+        return None
+    plan = plan_request(
+        rules,
+        metered.info,
+        metered.profile,
+        call.team,
+        body_bytes=len(metered.raw),
+        now=state.quotas.clock(),
+        hold_seconds=state.quotas.hold_seconds,
+    )
+    if not plan.windows:
+        return None
+    try:
+        reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
+    except QuotaExceededError as exc:
+        state.metrics.quota_rejections.labels(team=team_name, metric=exc.metric or "").inc()
+        raise
+    exchange.extra["reserved_output"] = reservation.output
+    if reservation.clamped_by is not None:
+        state.metrics.quota_clamps.labels(team=team_name, metric=reservation.clamped_by).inc()
+    return reservation
+
+
+async def _forward(
+    metered: MeteredCall, payload: bytes, extra_headers: dict[str, str], plan: CachePlan | None
+) -> web.StreamResponse:
+    """Send upstream and relay; records usage (or that nothing was produced) on the exchange,
+    and hands complete, successful responses to the cache."""
+    call, api = metered.call, metered.info.api
+    state, exchange = call.state, call.exchange
+    try:
+        forwarded = await forward(call, payload, accept_encoding=None, content_type=_JSON)
+    except GatewayError:
+        exchange.released = True  # nothing reached the upstream model
+        raise
+    upstream = forwarded.upstream
+    try:
+        headers = forwarded.headers
+        headers.update(extra_headers)
+        if upstream.status >= 400:
+            exchange.released = True  # an upstream error produced no tokens
+        content_type = upstream.headers.get("Content-Type", "")
+        if upstream.status < 300 and content_type.startswith(_SSE):
+            client = web.StreamResponse(status=upstream.status, headers=headers)
+            if not await start_stream(client, call.request, exchange):
+                return client
+            meter = StreamMeter(api, hide_usage=metered.info.hides_usage)
+            recorder = state.cache.recorder(plan, meter) if plan is not None else None
+            result = await relay_sse(upstream, client, meter)
+            exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
+            exchange.usage = meter.usage
+            note_stream_end(exchange, result)
+            if result.end is StreamEnd.UPSTREAM_CUT and meter.events == 0:
+                exchange.released = True  # cut before its first event: nothing was produced
+            if plan is not None and recorder is not None:
+                await state.cache.store_stream(plan, upstream.status, upstream.headers, recorder)
+            return client
+        try:
+            data = await upstream.read()
+        except GatewayError:
+            exchange.upstream_error = "stream_cut"
+            raise
+        exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
+        if upstream.status < 300:
+            exchange.usage = api.usage_from_json(data)
+            if plan is not None:
+                await state.cache.store_json(
+                    plan, upstream.status, upstream.headers, data, exchange.usage
+                )
+        return web.Response(status=upstream.status, body=data, headers=headers)
+    finally:
+        upstream.release()
