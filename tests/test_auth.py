@@ -18,7 +18,7 @@ from gateway.auth import Authenticator, JwksCache
 from gateway.config import AuthConfig, TeamConfig
 from gateway.errors import AuthenticationError
 
-SECRET = "s" * 48
+SECRET = "s" * 64
 TEAMS = {"ml": TeamConfig(), "off": TeamConfig(enabled=False)}
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -13,7 +13,7 @@ from gateway.app import create_app
 from gateway.auth import mint_token
 from gateway.config import GatewayConfig, parse_config
 
-JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-abcdef"
 UPSTREAM_KEY = "sk-upstream-REAL-KEY-7f3a9c"
 
 
