@@ -198,39 +198,122 @@ def create_app(
     app.router.add_get("/gateway/usage", handle_usage)
     app.router.add_route("*", "/{tail:.*}", handle_proxy)
 
+    # One context per resource, in dependency order; aiohttp closes them in reverse, so the
+    # quota drain still reaches the store and the store closes before the HTTP client.
+    app.cleanup_ctx.extend(
+        [
+            _upstream_client(upstream_session, config),
+            _metrics(registry),
+            _stores(config),
+            _quota_service(config, clock),
+            _cache_service(clock),
+            _purge_listener,
+            _gateway_state(config, clock),
+        ]
+    )
+    return app
+
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+_SESSION = web.AppKey("gateway.upstream_session", aiohttp.ClientSession)
+_METRICS = web.AppKey("gateway.metrics", Metrics)
+_QUOTA_STORE = web.AppKey("gateway.quota_store", QuotaStore)
+_CACHE_BACKEND = web.AppKey("gateway.cache_backend", CacheBackend)
+_BREAKER = web.AppKey("gateway.store_breaker", StoreBreaker)
+_QUOTAS = web.AppKey("gateway.quotas", QuotaService)
+_CACHE = web.AppKey("gateway.cache", CacheService)
+
+
+def _upstream_client(given: aiohttp.ClientSession | None, config: GatewayConfig) -> CleanupContext:
+    """The pooled HTTP client to the upstream; a session the caller passed stays theirs."""
+
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
-        session = upstream_session or Upstream.create_session(config.upstream)
+        session = given or Upstream.create_session(config.upstream)
+        app[_SESSION] = session
+        yield
+        if given is None:
+            await session.close()
+
+    return upstream_client
+
+
+def _metrics(registry: CollectorRegistry | None) -> CleanupContext:
+    async def metrics(app: web.Application) -> AsyncIterator[None]:
+        app[_METRICS] = Metrics(registry)
+        yield
+
+    return metrics
+
+
+def _stores(config: GatewayConfig) -> CleanupContext:
+    """Quota store and cache backend (one Redis client, or memory) and their shared breaker."""
+
+    async def stores(app: web.Application) -> AsyncIterator[None]:
         store, cache_backend = build_stores(config)
-        metrics = Metrics(registry)
-        breaker = StoreBreaker()  # quotas and cache share one Redis: one view of its health
+        app[_QUOTA_STORE] = store
+        app[_CACHE_BACKEND] = cache_backend
+        app[_BREAKER] = StoreBreaker()  # quotas and cache share one Redis: one view of its health
+        yield
+        await cache_backend.close()
+        await store.close()
+
+    return stores
+
+
+def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> CleanupContext:
+    async def quota_service(app: web.Application) -> AsyncIterator[None]:
         quotas = QuotaService(
-            store,
+            app[_QUOTA_STORE],
             on_error=config.store.on_error,
             hold_seconds=config.upstream.total_timeout_seconds
             + config.store.reservation_grace_seconds,
             clock=clock,
-            metrics=metrics,
-            breaker=breaker,
+            metrics=app[_METRICS],
+            breaker=app[_BREAKER],
         )
-        cache = CacheService(cache_backend, metrics, clock=clock, breaker=breaker)
-        purges = None
-        if isinstance(cache_backend, RedisCacheBackend):
-            purges = asyncio.get_running_loop().create_task(
-                cache_backend.listen_for_purges(cache.local.purge)
-            )
-        app[STATE] = GatewayState(
-            config, session=session, quotas=quotas, cache=cache, metrics=metrics, clock=clock
+        app[_QUOTAS] = quotas
+        yield
+        await quotas.drain()  # settle what requests in flight reserved
+
+    return quota_service
+
+
+def _cache_service(clock: Callable[[], float]) -> CleanupContext:
+    async def cache_service(app: web.Application) -> AsyncIterator[None]:
+        app[_CACHE] = CacheService(
+            app[_CACHE_BACKEND], app[_METRICS], clock=clock, breaker=app[_BREAKER]
         )
         yield
-        if purges is not None:
-            purges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purges
-        await quotas.drain()
-        await cache_backend.close()
-        await store.close()
-        if upstream_session is None:
-            await session.close()
 
-    app.cleanup_ctx.append(upstream_client)
-    return app
+    return cache_service
+
+
+async def _purge_listener(app: web.Application) -> AsyncIterator[None]:
+    """Other replicas' purges, applied to this one's in-process cache tier (Redis only)."""
+    backend = app[_CACHE_BACKEND]
+    if not isinstance(backend, RedisCacheBackend):
+        yield
+        return
+    task = asyncio.get_running_loop().create_task(
+        backend.listen_for_purges(app[_CACHE].local.purge)
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _gateway_state(config: GatewayConfig, clock: Callable[[], float]) -> CleanupContext:
+    async def gateway_state(app: web.Application) -> AsyncIterator[None]:
+        app[STATE] = GatewayState(
+            config,
+            session=app[_SESSION],
+            quotas=app[_QUOTAS],
+            cache=app[_CACHE],
+            metrics=app[_METRICS],
+            clock=clock,
+        )
+        yield
+
+    return gateway_state
