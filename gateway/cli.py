@@ -14,7 +14,13 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.auth import mint_configured_token
-from gateway.config import ConfigError, GatewayConfig, config_json_schema, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    UnsetVariable,
+    config_json_schema,
+    load_config,
+)
 from gateway.log import configure_logging
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -35,21 +41,36 @@ def _config_path(value: str | None) -> str:
     return value or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG
 
 
-def _load_or_exit(path: str, env: dict[str, str] | None = None) -> GatewayConfig:
+def _load_or_exit(path: str) -> GatewayConfig:
+    """The config of a command that needs only some of it: a variable nothing here uses (say
+    OPENAI_API_KEY for ``gateway token``) may be unset; one a field needs is an error."""
     try:
-        return load_config(path, env=env)
+        return load_config(path, unset=[])
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Unset environment variables are warnings (the file is fine; the deployment sets them)
+    unless --require-env; any other problem is an error."""
+    unset: list[UnsetVariable] = []
+    config: GatewayConfig | None = None
     try:
-        config = load_config(args.path)
+        config = load_config(args.path, unset=unset)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not exc.only_unset:
+            print(f"error: {exc}", file=sys.stderr)
+            for variable in unset:
+                print(f"warning: {variable}", file=sys.stderr)
+            return 1
+    for variable in unset:
+        print(f"{'error' if args.require_env else 'warning'}: {variable}", file=sys.stderr)
+    if unset and args.require_env:
         return 1
-    print(f"{args.path}: OK ({len(config.teams)} teams)")
+    teams = f" ({len(config.teams)} teams)" if config is not None else ""
+    note = f"; {len(unset)} environment variable(s) unset" if unset else ""
+    print(f"{args.path}: OK{teams}{note}")
     return 0
 
 
@@ -222,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 or 1")
     check.add_argument("path", nargs="?", default=None)
+    check.add_argument(
+        "--require-env",
+        action="store_true",
+        help="treat unset environment variables as errors (by default they are warnings)",
+    )
     check.set_defaults(func=cmd_check_config)
 
     schema = sub.add_parser("config-schema", help="print the config's JSON Schema")
