@@ -201,7 +201,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _install_uvloop()
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(_config_path(args.config), os.environ, with_mock=args.mock_upstream))
+            asyncio.run(
+                serve(
+                    _config_path(args.config),
+                    os.environ,
+                    with_mock=args.mock_upstream,
+                    host=args.host,
+                    port=args.port,
+                )
+            )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -233,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start the offline mock OpenAI upstream in-process and send requests there",
     )
+    serve.add_argument("--host", help="listen address (overrides server.host of the config)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port of the config)")
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="mint an HS team token with the configured secret")

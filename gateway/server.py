@@ -21,11 +21,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.app import create_app, create_metrics_app
 from gateway.auth import mint_configured_token
-from gateway.config import GatewayConfig, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    ServerConfig,
+    format_validation_error,
+    load_config,
+)
 from gateway.log import configure_logging
 from gateway.reload import ConfigReloader
 from gateway.state import STATE, GatewayState
@@ -40,13 +47,36 @@ class StartupError(Exception):
     """The gateway cannot start with this config; the message says why."""
 
 
+def with_listen_address(
+    config: GatewayConfig, host: str | None = None, port: int | None = None
+) -> GatewayConfig:
+    """``config`` with ``server.host``/``server.port`` replaced where given (command flags win
+    over the file and the environment)."""
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if not overrides:
+        return config
+    try:
+        server = ServerConfig.model_validate({**config.server.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error("--host/--port", exc)) from None
+    return config.model_copy(update={"server": server})
+
+
 class GatewayServer:
     def __init__(
-        self, config_path: str, env: Mapping[str, str], *, with_mock: bool = False
+        self,
+        config_path: str,
+        env: Mapping[str, str],
+        *,
+        with_mock: bool = False,
+        host: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.config_path = config_path
         self.env = dict(env)
         self.with_mock = with_mock
+        self.host = host
+        self.port = port
         self.app: web.Application | None = None
         self._runners: list[web.AppRunner] = []
         self._mock: MockUpstream | None = None
@@ -55,7 +85,10 @@ class GatewayServer:
         self._stop = asyncio.Event()
 
     def load(self) -> GatewayConfig:
-        return load_config(self.config_path, env=self.env)
+        return self.adjust(load_config(self.config_path, env=self.env))
+
+    def adjust(self, config: GatewayConfig) -> GatewayConfig:
+        return with_listen_address(config, self.host, self.port)
 
     async def start(self) -> None:
         """Load the config and listen; raises ConfigError or StartupError."""
@@ -84,7 +117,9 @@ class GatewayServer:
             },
         )
         print_banner(config, self.with_mock)
-        self._reloader = ConfigReloader(self.config_path, self.state, env=self.env)
+        self._reloader = ConfigReloader(
+            self.config_path, self.state, env=self.env, adjust=self.adjust
+        )
         if config.server.config_poll_seconds > 0:
             self._watcher = asyncio.get_running_loop().create_task(
                 self._reloader.watch(config.server.config_poll_seconds)
@@ -144,9 +179,16 @@ class GatewayServer:
             log.info("gateway stopped")
 
 
-async def serve(config_path: str, env: Mapping[str, str], *, with_mock: bool = False) -> None:
+async def serve(
+    config_path: str,
+    env: Mapping[str, str],
+    *,
+    with_mock: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop."""
-    server = GatewayServer(config_path, env, with_mock=with_mock)
+    server = GatewayServer(config_path, env, with_mock=with_mock, host=host, port=port)
     try:
         await server.start()
     except BaseException:

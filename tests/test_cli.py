@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import jwt
+
+from gateway.mock_upstream import MockUpstream
+from tests.support.gateway_proc import base_config
+from tests.support.redis_proc import free_port
+from tests.test_quota_gateway import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "gateway.yaml"
@@ -95,3 +103,70 @@ def test_check_config_reports_real_errors_next_to_unset_variables(tmp_path: Path
     assert "server.port: environment variable GATEWAY_PORT is not set" in result.stderr
     assert "server.port: Input should be" not in result.stderr
     assert "auth.hs_secret: Value error" not in result.stderr
+
+
+async def _ready(port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+            return r.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def test_serve_host_and_port_flags_win_over_the_file_and_the_environment(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    file_port, env_port, flag_port = free_port(), free_port(), free_port()
+    config = base_config(
+        upstream.url, server={"host": "${GATEWAY_HOST}", "port": "${GATEWAY_PORT}"}
+    )
+    config["server"]["config_poll_seconds"] = 0.05
+    path = tmp_path / "gw.yaml"
+    path.write_text(json.dumps(config))
+    log_path = tmp_path / "gw.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GATEWAY_"))}
+    env = {**clean, "GATEWAY_HOST": "192.0.2.1", "GATEWAY_PORT": str(env_port)}
+    args = ["serve", "--config", str(path), "--host", "127.0.0.1", "--port", str(flag_port)]
+    with log_path.open("wb") as log:
+        # Popen only forks; readiness is awaited below.
+        process = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "gateway", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await wait_until(lambda: _ready(flag_port), within_seconds=20)
+        assert not await _ready(env_port) and not await _ready(file_port)
+        # A reload keeps the flags: the listen address is not reported as changed.
+        config["teams"]["extra"] = {}
+        path.write_text(json.dumps(config))
+
+        async def reloaded() -> bool:
+            return "config reloaded" in log_path.read_text()
+
+        await wait_until(reloaded)
+        line = next(x for x in log_path.read_text().splitlines() if "config reloaded" in x)
+        assert "server" not in (json.loads(line).get("needs_restart") or [])
+        assert await _ready(flag_port)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_serve_rejects_an_invalid_port_flag(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        "--config",
+        str(EXAMPLE),
+        "--port",
+        "70000",
+        OPENAI_API_KEY="sk-x",
+        GATEWAY_JWT_SECRET=SECRET,
+    )
+    assert result.returncode == 1
+    assert "--host/--port" in result.stderr and "port" in result.stderr
