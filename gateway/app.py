@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 
 import aiohttp
 from aiohttp import web
@@ -53,15 +53,27 @@ _HTTP_ERRORS: dict[int, type[GatewayError]] = {
 }
 
 
-def error_response(error: GatewayError, request_id: str) -> web.Response:
+def error_response(error: GatewayError) -> web.Response:
     """The only place a GatewayError becomes an HTTP response."""
-    headers = {**error.headers, "x-request-id": request_id, "x-gateway-request-id": request_id}
     return web.Response(
         status=error.status,
         body=render_body(error),
         content_type="application/json",
-        headers=headers,
+        headers=error.headers,
     )
+
+
+def stamp_request_id(headers: MutableMapping[str, str], request_id: str) -> None:
+    """``x-gateway-request-id`` names the gateway's log line; ``x-request-id`` is the
+    upstream's when it sent one (OpenAI support asks for that), else the gateway's."""
+    headers["x-gateway-request-id"] = request_id
+    if "x-request-id" not in headers:
+        headers["x-request-id"] = request_id
+
+
+async def _request_id_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response the apps produce, proxied or the gateway's own, carries the ids."""
+    stamp_request_id(response.headers, request.get(REQUEST_ID) or new_request_id())
 
 
 @web.middleware
@@ -71,18 +83,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc, request_id)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error_type = _HTTP_ERRORS.get(exc.status, InvalidRequestError)
         message = exc.reason if exc.status != 413 else "Request body too large."
-        return error_response(error_type(message), request_id)
+        return error_response(error_type(message))
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
-        return error_response(
-            InternalError("The gateway failed to process the request."), request_id
-        )
+        return error_response(InternalError("The gateway failed to process the request."))
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -115,9 +125,7 @@ def make_metrics_handler(gateway: web.Application) -> Handler:
         if token is not None:
             sent = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
-                return error_response(
-                    AuthenticationError("Metrics require a bearer token."), new_request_id()
-                )
+                return error_response(AuthenticationError("Metrics require a bearer token."))
         now = time.monotonic()
         if now - last_refresh[0] >= state.config.metrics.quota_refresh_seconds:
             last_refresh[0] = now
@@ -158,6 +166,7 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     """A tiny app serving only /metrics, for ``metrics.port``."""
     app = web.Application()
     app.router.add_get("/metrics", make_metrics_handler(gateway))
+    app.on_response_prepare.append(_request_id_headers)
     return app
 
 
@@ -197,6 +206,7 @@ def create_app(
     app.router.add_get("/v1/gateway/usage", handle_usage)
     app.router.add_get("/gateway/usage", handle_usage)
     app.router.add_route("*", "/{tail:.*}", handle_proxy)
+    app.on_response_prepare.append(_request_id_headers)
 
     # One context per resource, in dependency order; aiohttp closes them in reverse, so the
     # quota drain still reaches the store and the store closes before the HTTP client.
