@@ -21,10 +21,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.app import create_app, create_metrics_app
+from gateway.app import create_app, create_metrics_app, error_response, stamp_request_id
 from gateway.auth import mint_configured_token
 from gateway.config import (
     ConfigError,
@@ -33,6 +35,8 @@ from gateway.config import (
     format_validation_error,
     load_config,
 )
+from gateway.errors import GatewayError, InternalError, InvalidRequestError
+from gateway.handlers import new_request_id
 from gateway.log import configure_logging
 from gateway.reload import ConfigReloader
 from gateway.state import STATE, GatewayState
@@ -60,6 +64,51 @@ def with_listen_address(
     except ValidationError as exc:
         raise ConfigError(format_validation_error("--host/--port", exc)) from None
     return config.model_copy(update={"server": server})
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """Requests aiohttp cannot parse (or that fail outside the app's middleware) get an
+    OpenAI-shaped error. aiohttp's own plain-text page echoes the offending input: a header
+    line with a stray CR after a token would hand the token to whatever logs error bodies."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, None)  # logs; raises once bytes were sent
+        error: GatewayError
+        if status >= 500:
+            error = InternalError("The gateway failed to process the request.")
+        else:
+            error = InvalidRequestError("The request could not be parsed.")
+            error.status = status
+        response = error_response(error)
+        stamp_request_id(response.headers, new_request_id())
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer unparsable requests with JSON errors."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no public hook for the protocol's error page: the server the app built
+        # (with all its settings) only changes the class that makes its connection handlers.
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 class GatewayServer:
@@ -127,14 +176,14 @@ class GatewayServer:
 
     async def _start_runners(self, config: GatewayConfig) -> None:
         self.app = create_app(config)
-        runner = web.AppRunner(
+        runner = GatewayRunner(
             self.app, access_log=None, shutdown_timeout=config.server.shutdown_grace_seconds
         )
         await runner.setup()
         self._runners.append(runner)
         await web.TCPSite(runner, config.server.host, config.server.port).start()
         if config.metrics.enabled and config.metrics.port is not None:
-            metrics_runner = web.AppRunner(create_metrics_app(self.app), access_log=None)
+            metrics_runner = GatewayRunner(create_metrics_app(self.app), access_log=None)
             await metrics_runner.setup()
             self._runners.append(metrics_runner)
             await web.TCPSite(metrics_runner, config.server.host, config.metrics.port).start()
