@@ -201,6 +201,14 @@ class GatewayServer:
         if self._reloader is not None:
             loop.add_signal_handler(signal.SIGHUP, self._reloader.reload)
 
+    def ignore_stop_signals(self) -> None:
+        """For the last moments of the process: once the loop closes, Python's default action
+        would turn a repeated SIGTERM (an orchestrator resending it) into a kill, not exit 0."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -246,6 +254,7 @@ async def serve(
     server.install_signal_handlers()
     await server.wait()
     await server.stop()
+    server.ignore_stop_signals()
 
 
 def print_banner(config: GatewayConfig, with_mock: bool) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +17,7 @@ import jwt
 
 from gateway.mock_upstream import MockUpstream
 from tests.support.gateway_proc import base_config
+from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import free_port
 from tests.test_quota_gateway import wait_until
 
@@ -170,3 +173,26 @@ def test_serve_rejects_an_invalid_port_flag(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "--host/--port" in result.stderr and "port" in result.stderr
+
+
+async def test_a_repeated_sigterm_during_shutdown_still_exits_zero(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """Orchestrators resend SIGTERM; one arriving after the drain, while the process exits,
+    must not turn a clean exit into death by signal (-15)."""
+    gw = GatewayProcess(base_config(upstream.url), tmp_path)
+    try:
+        await gw.start()
+        assert gw.process is not None
+        process = gw.process
+
+        def resend_until_exit() -> int:
+            while process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                time.sleep(0.001)  # a stream of signals, not a wait on anything
+            return process.wait()
+
+        assert await asyncio.to_thread(resend_until_exit) == 0
+    finally:
+        gw.stop()
