@@ -14,13 +14,8 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.auth import mint_configured_token
-from gateway.config import (
-    ConfigError,
-    GatewayConfig,
-    UnsetVariable,
-    config_json_schema,
-    load_config,
-)
+from gateway.config import GatewayConfig, config_json_schema
+from gateway.config_loader import ConfigError, UnsetVariable, load_config
 from gateway.log import configure_logging
 
 DEFAULT_CONFIG = "config/gateway.yaml"

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import GatewayConfig
+from gateway.config_loader import ConfigError, load_config
 from gateway.state import GatewayState
 
 log = logging.getLogger("gateway")

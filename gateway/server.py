@@ -28,13 +28,8 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.app import create_app, create_metrics_app, error_response, stamp_request_id
 from gateway.auth import mint_configured_token
-from gateway.config import (
-    ConfigError,
-    GatewayConfig,
-    ServerConfig,
-    format_validation_error,
-    load_config,
-)
+from gateway.config import GatewayConfig, ServerConfig
+from gateway.config_loader import ConfigError, format_validation_error, load_config
 from gateway.errors import GatewayError, InternalError, InvalidRequestError
 from gateway.handlers import new_request_id
 from gateway.log import configure_logging

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.auth import mint_token
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig
+from gateway.config_loader import parse_config
 from gateway.server import GatewayRunner
 
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
