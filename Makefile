@@ -4,7 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make run` needs only the runtime dependencies; test, lint and bench the dev extras.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 CONFIG ?= config/gateway.yaml
 
 # A stable per-checkout development secret, so tokens minted by `make token` keep working.
@@ -13,15 +15,22 @@ export GATEWAY_JWT_SECRET ?= $(shell test -s $(DEV_SECRET_FILE) || $(PYTHON) -c 
 
 .PHONY: run test lint token install test-deps clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The dev extras include the runtime dependencies, so this satisfies both stamps.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@ $(RUNTIME_STAMP)
 
-install: $(STAMP)
+install: $(DEV_STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	$(BIN)/gateway serve --config $(CONFIG) $(if $(OPENAI_API_KEY),,--mock-upstream)
 
 # The suite starts its own redis-server on a free port; install it if the machine lacks it.
@@ -45,17 +54,17 @@ test-deps:
 	  { systemctl stop prometheus || service prometheus stop; } >/dev/null 2>&1; \
 	  exit $$status; }
 
-test: $(STAMP) test-deps
+test: $(DEV_STAMP) test-deps
 	$(BIN)/python -m pytest
 
 LINT_PATHS := gateway tests $(wildcard bench grafana)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy gateway
 
-token: $(STAMP)
+token: $(RUNTIME_STAMP)
 	@$(BIN)/gateway token --config $(CONFIG) --team $${TEAM:-research} --ttl $${TTL:-24h}
 
 clean:
@@ -64,5 +73,5 @@ clean:
 # Benchmark: nginx upstream + wrk, side-by-side ratios (bench/README.md). Installs nginx and wrk
 # from Debian if missing. `make bench BENCH_ARGS=--quick` for a smoke run.
 .PHONY: bench
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 
 import aiohttp
 from aiohttp import web
@@ -53,15 +53,27 @@ _HTTP_ERRORS: dict[int, type[GatewayError]] = {
 }
 
 
-def error_response(error: GatewayError, request_id: str) -> web.Response:
+def error_response(error: GatewayError) -> web.Response:
     """The only place a GatewayError becomes an HTTP response."""
-    headers = {**error.headers, "x-request-id": request_id, "x-gateway-request-id": request_id}
     return web.Response(
         status=error.status,
         body=render_body(error),
         content_type="application/json",
-        headers=headers,
+        headers=error.headers,
     )
+
+
+def stamp_request_id(headers: MutableMapping[str, str], request_id: str) -> None:
+    """``x-gateway-request-id`` names the gateway's log line; ``x-request-id`` is the
+    upstream's when it sent one (OpenAI support asks for that), else the gateway's."""
+    headers["x-gateway-request-id"] = request_id
+    if "x-request-id" not in headers:
+        headers["x-request-id"] = request_id
+
+
+async def _request_id_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response the apps produce, proxied or the gateway's own, carries the ids."""
+    stamp_request_id(response.headers, request.get(REQUEST_ID) or new_request_id())
 
 
 @web.middleware
@@ -71,18 +83,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc, request_id)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error_type = _HTTP_ERRORS.get(exc.status, InvalidRequestError)
         message = exc.reason if exc.status != 413 else "Request body too large."
-        return error_response(error_type(message), request_id)
+        return error_response(error_type(message))
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
-        return error_response(
-            InternalError("The gateway failed to process the request."), request_id
-        )
+        return error_response(InternalError("The gateway failed to process the request."))
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -115,9 +125,7 @@ def make_metrics_handler(gateway: web.Application) -> Handler:
         if token is not None:
             sent = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
-                return error_response(
-                    AuthenticationError("Metrics require a bearer token."), new_request_id()
-                )
+                return error_response(AuthenticationError("Metrics require a bearer token."))
         now = time.monotonic()
         if now - last_refresh[0] >= state.config.metrics.quota_refresh_seconds:
             last_refresh[0] = now
@@ -158,6 +166,7 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     """A tiny app serving only /metrics, for ``metrics.port``."""
     app = web.Application()
     app.router.add_get("/metrics", make_metrics_handler(gateway))
+    app.on_response_prepare.append(_request_id_headers)
     return app
 
 
@@ -197,40 +206,124 @@ def create_app(
     app.router.add_get("/v1/gateway/usage", handle_usage)
     app.router.add_get("/gateway/usage", handle_usage)
     app.router.add_route("*", "/{tail:.*}", handle_proxy)
+    app.on_response_prepare.append(_request_id_headers)
+
+    # One context per resource, in dependency order; aiohttp closes them in reverse, so the
+    # quota drain still reaches the store and the store closes before the HTTP client.
+    app.cleanup_ctx.extend(
+        [
+            _upstream_client(upstream_session, config),
+            _metrics(registry),
+            _stores(config),
+            _quota_service(config, clock),
+            _cache_service(clock),
+            _purge_listener,
+            _gateway_state(config, clock),
+        ]
+    )
+    return app
+
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+_SESSION = web.AppKey("gateway.upstream_session", aiohttp.ClientSession)
+_METRICS = web.AppKey("gateway.metrics", Metrics)
+_QUOTA_STORE = web.AppKey("gateway.quota_store", QuotaStore)
+_CACHE_BACKEND = web.AppKey("gateway.cache_backend", CacheBackend)
+_BREAKER = web.AppKey("gateway.store_breaker", StoreBreaker)
+_QUOTAS = web.AppKey("gateway.quotas", QuotaService)
+_CACHE = web.AppKey("gateway.cache", CacheService)
+
+
+def _upstream_client(given: aiohttp.ClientSession | None, config: GatewayConfig) -> CleanupContext:
+    """The pooled HTTP client to the upstream; a session the caller passed stays theirs."""
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
-        session = upstream_session or Upstream.create_session(config.upstream)
+        session = given or Upstream.create_session(config.upstream)
+        app[_SESSION] = session
+        yield
+        if given is None:
+            await session.close()
+
+    return upstream_client
+
+
+def _metrics(registry: CollectorRegistry | None) -> CleanupContext:
+    async def metrics(app: web.Application) -> AsyncIterator[None]:
+        app[_METRICS] = Metrics(registry)
+        yield
+
+    return metrics
+
+
+def _stores(config: GatewayConfig) -> CleanupContext:
+    """Quota store and cache backend (one Redis client, or memory) and their shared breaker."""
+
+    async def stores(app: web.Application) -> AsyncIterator[None]:
         store, cache_backend = build_stores(config)
-        metrics = Metrics(registry)
-        breaker = StoreBreaker()  # quotas and cache share one Redis: one view of its health
+        app[_QUOTA_STORE] = store
+        app[_CACHE_BACKEND] = cache_backend
+        app[_BREAKER] = StoreBreaker()  # quotas and cache share one Redis: one view of its health
+        yield
+        await cache_backend.close()
+        await store.close()
+
+    return stores
+
+
+def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> CleanupContext:
+    async def quota_service(app: web.Application) -> AsyncIterator[None]:
         quotas = QuotaService(
-            store,
+            app[_QUOTA_STORE],
             on_error=config.store.on_error,
             hold_seconds=config.upstream.total_timeout_seconds
             + config.store.reservation_grace_seconds,
             clock=clock,
-            metrics=metrics,
-            breaker=breaker,
+            metrics=app[_METRICS],
+            breaker=app[_BREAKER],
         )
-        cache = CacheService(cache_backend, metrics, clock=clock, breaker=breaker)
-        purges = None
-        if isinstance(cache_backend, RedisCacheBackend):
-            purges = asyncio.get_running_loop().create_task(
-                cache_backend.listen_for_purges(cache.local.purge)
-            )
-        app[STATE] = GatewayState(
-            config, session=session, quotas=quotas, cache=cache, metrics=metrics, clock=clock
+        app[_QUOTAS] = quotas
+        yield
+        await quotas.drain()  # settle what requests in flight reserved
+
+    return quota_service
+
+
+def _cache_service(clock: Callable[[], float]) -> CleanupContext:
+    async def cache_service(app: web.Application) -> AsyncIterator[None]:
+        app[_CACHE] = CacheService(
+            app[_CACHE_BACKEND], app[_METRICS], clock=clock, breaker=app[_BREAKER]
         )
         yield
-        if purges is not None:
-            purges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purges
-        await quotas.drain()
-        await cache_backend.close()
-        await store.close()
-        if upstream_session is None:
-            await session.close()
 
-    app.cleanup_ctx.append(upstream_client)
-    return app
+    return cache_service
+
+
+async def _purge_listener(app: web.Application) -> AsyncIterator[None]:
+    """Other replicas' purges, applied to this one's in-process cache tier (Redis only)."""
+    backend = app[_CACHE_BACKEND]
+    if not isinstance(backend, RedisCacheBackend):
+        yield
+        return
+    task = asyncio.get_running_loop().create_task(
+        backend.listen_for_purges(app[_CACHE].local.purge)
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _gateway_state(config: GatewayConfig, clock: Callable[[], float]) -> CleanupContext:
+    async def gateway_state(app: web.Application) -> AsyncIterator[None]:
+        app[STATE] = GatewayState(
+            config,
+            session=app[_SESSION],
+            quotas=app[_QUOTAS],
+            cache=app[_CACHE],
+            metrics=app[_METRICS],
+            clock=clock,
+        )
+        yield
+
+    return gateway_state

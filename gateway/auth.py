@@ -253,3 +253,21 @@ def mint_token(
     if audience is not None:
         claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def mint_configured_token(auth: AuthConfig, team: str, *, ttl_seconds: float) -> str:
+    """A team token the gateway configured by ``auth`` accepts (its ``hs_secret`` must be set)."""
+    if auth.hs_secret is None:
+        raise ValueError("auth.hs_secret is not set")
+    audience = auth.audience
+    if isinstance(audience, list):
+        audience = audience[0] if audience else None
+    return mint_token(
+        auth.hs_secret.get_secret_value(),
+        team,
+        ttl_seconds=ttl_seconds,
+        algorithm=next((a for a in auth.algorithms if a.startswith("HS")), "HS256"),
+        team_claim=auth.team_claim,
+        issuer=auth.issuer,
+        audience=audience,
+    )

@@ -9,16 +9,13 @@ import json
 import logging
 import os
 import re
-import secrets
-import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from gateway import __version__
-from gateway.auth import mint_token
-from gateway.config import ConfigError, GatewayConfig, config_json_schema, load_config
+from gateway.auth import mint_configured_token
+from gateway.config import GatewayConfig, config_json_schema
+from gateway.config_loader import ConfigError, UnsetVariable, load_config
 from gateway.log import configure_logging
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -39,21 +36,36 @@ def _config_path(value: str | None) -> str:
     return value or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG
 
 
-def _load_or_exit(path: str, env: dict[str, str] | None = None) -> GatewayConfig:
+def _load_or_exit(path: str) -> GatewayConfig:
+    """The config of a command that needs only some of it: a variable nothing here uses (say
+    OPENAI_API_KEY for ``gateway token``) may be unset; one a field needs is an error."""
     try:
-        return load_config(path, env=env)
+        return load_config(path, unset=[])
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Unset environment variables are warnings (the file is fine; the deployment sets them)
+    unless --require-env; any other problem is an error."""
+    unset: list[UnsetVariable] = []
+    config: GatewayConfig | None = None
     try:
-        config = load_config(args.path)
+        config = load_config(args.path, unset=unset)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not exc.only_unset:
+            print(f"error: {exc}", file=sys.stderr)
+            for variable in unset:
+                print(f"warning: {variable}", file=sys.stderr)
+            return 1
+    for variable in unset:
+        print(f"{'error' if args.require_env else 'warning'}: {variable}", file=sys.stderr)
+    if unset and args.require_env:
         return 1
-    print(f"{args.path}: OK ({len(config.teams)} teams)")
+    teams = f" ({len(config.teams)} teams)" if config is not None else ""
+    note = f"; {len(unset)} environment variable(s) unset" if unset else ""
+    print(f"{args.path}: OK{teams}{note}")
     return 0
 
 
@@ -70,19 +82,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     if config.auth.hs_secret is None:
         print("error: auth.hs_secret is not set; tokens come from your IdP", file=sys.stderr)
         return 1
-    algorithm = next((a for a in config.auth.algorithms if a.startswith("HS")), "HS256")
-    audience = config.auth.audience
-    print(
-        mint_token(
-            config.auth.hs_secret.get_secret_value(),
-            args.team,
-            ttl_seconds=args.ttl,
-            algorithm=algorithm,
-            team_claim=config.auth.team_claim,
-            issuer=config.auth.issuer,
-            audience=audience[0] if isinstance(audience, list) else audience,
-        )
-    )
+    print(mint_configured_token(config.auth, args.team, ttl_seconds=args.ttl))
     return 0
 
 
@@ -191,130 +191,27 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import StartupError, serve
+
     _install_uvloop()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(_config_path(args.config), args.mock_upstream))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                serve(
+                    _config_path(args.config),
+                    os.environ,
+                    with_mock=args.mock_upstream,
+                    host=args.host,
+                    port=args.port,
+                )
+            )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        log.error(str(exc))
+        return 1
     return 0
-
-
-async def _serve(config_path: str, with_mock: bool) -> None:
-    from gateway.app import create_app, create_metrics_app
-    from gateway.reload import ConfigReloader
-    from gateway.state import STATE
-
-    runners: list[web.AppRunner] = []
-    env = dict(os.environ)
-    if with_mock:
-        from gateway.mock_upstream import start_mock_upstream
-
-        mock_key = "sk-mock-" + secrets.token_hex(8)
-        mock = await start_mock_upstream(host="127.0.0.1", port=0, api_key=mock_key)
-        env["OPENAI_BASE_URL"] = mock.url
-        env["OPENAI_API_KEY"] = mock_key
-    config = _load_or_exit(config_path, env)
-    configure_logging(config.logging.level)
-    if not config.upstream.api_key.get_secret_value():
-        log.error("upstream.api_key is empty: set OPENAI_API_KEY or use --mock-upstream")
-        raise SystemExit(1)
-
-    app = create_app(config)
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=config.server.shutdown_grace_seconds
-    )
-    await runner.setup()
-    runners.append(runner)
-    site = web.TCPSite(runner, config.server.host, config.server.port)
-    await site.start()
-    if config.metrics.enabled and config.metrics.port is not None:
-        metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
-        await metrics_runner.setup()
-        runners.append(metrics_runner)
-        await web.TCPSite(metrics_runner, config.server.host, config.metrics.port).start()
-    log.info(
-        "gateway started",
-        extra={
-            "version": __version__,
-            "listen": f"{config.server.host}:{config.server.port}",
-            "upstream": str(config.upstream.base_url),
-            "mock_upstream": with_mock,
-            "teams": len(config.teams),
-        },
-    )
-    _print_banner(config, with_mock)
-
-    state = app[STATE]
-    reloader = ConfigReloader(config_path, state, env=env)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
-    watcher = None
-    if config.server.config_poll_seconds > 0:
-        watcher = loop.create_task(reloader.watch(config.server.config_poll_seconds))
-    await stop.wait()
-
-    # Drain: unready first, so load balancers stop sending; then stop listening and give
-    # in-flight requests and streams the grace period (aiohttp's shutdown_timeout).
-    state.draining = True
-    server_config = state.config.server
-    log.info("gateway draining", extra={"grace_seconds": server_config.shutdown_grace_seconds})
-    if watcher is not None:
-        watcher.cancel()
-    if server_config.shutdown_delay_seconds:
-        await asyncio.sleep(server_config.shutdown_delay_seconds)
-    for r in runners:
-        await r.cleanup()
-    if with_mock:
-        await mock.close()
-    log.info("gateway stopped")
-
-
-def _print_banner(config: GatewayConfig, with_mock: bool) -> None:
-    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::", "") else config.server.host
-    base = f"http://{host}:{config.server.port}/v1"
-    team = next((name for name, t in config.teams.items() if t.enabled), None)
-    lines = [
-        "",
-        f"  OpenAI gateway listening on {base}"
-        + ("  (offline mock upstream: no OPENAI_API_KEY set)" if with_mock else ""),
-    ]
-    # A working token in the output is for someone at a terminal (or the offline demo); a
-    # pod's log pipeline must never receive one.
-    interactive = with_mock or sys.stderr.isatty()
-    if not interactive:
-        lines.append("  Mint a team token with: gateway token --team <team> --ttl 24h\n")
-    elif team and config.auth.hs_secret is not None:
-        token = mint_token(
-            config.auth.hs_secret.get_secret_value(),
-            team,
-            ttl_seconds=86400,
-            algorithm=next((a for a in config.auth.algorithms if a.startswith("HS")), "HS256"),
-            team_claim=config.auth.team_claim,
-            issuer=config.auth.issuer,
-            audience=config.auth.audience
-            if isinstance(config.auth.audience, str)
-            else (config.auth.audience[0] if config.auth.audience else None),
-        )
-        model = "gpt-4o-mini"
-        lines += [
-            f"  Team token for {team!r} (valid 24h):",
-            f"    export GATEWAY_TOKEN={token}",
-            "",
-            "  Try it with curl:",
-            f'    curl -s {base}/chat/completions -H "Authorization: Bearer $GATEWAY_TOKEN" \\',
-            "      -H 'Content-Type: application/json' \\",
-            f'      -d \'{{"model": "{model}", "messages": '
-            '[{"role": "user", "content": "Hello"}]}\'',
-            "",
-            "  Or with the OpenAI Python SDK:",
-            "    from openai import OpenAI; import os",
-            f'    client = OpenAI(base_url="{base}", api_key=os.environ["GATEWAY_TOKEN"])',
-            f'    print(client.chat.completions.create(model="{model}", '
-            'messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)',
-            "",
-        ]
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _install_uvloop() -> None:
@@ -339,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start the offline mock OpenAI upstream in-process and send requests there",
     )
+    serve.add_argument("--host", help="listen address (overrides server.host of the config)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port of the config)")
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="mint an HS team token with the configured secret")
@@ -349,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 or 1")
     check.add_argument("path", nargs="?", default=None)
+    check.add_argument(
+        "--require-env",
+        action="store_true",
+        help="treat unset environment variables as errors (by default they are warnings)",
+    )
     check.set_defaults(func=cmd_check_config)
 
     schema = sub.add_parser("config-schema", help="print the config's JSON Schema")

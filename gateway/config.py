@@ -1,31 +1,22 @@
-"""The gateway's configuration: one YAML file, validated by pydantic, with ``${VAR}`` substitution.
-
-Substitution happens on parsed string scalars, never on the raw text, so an environment value
-can't inject YAML structure. ``${VAR}`` must be set; ``${VAR:-default}`` falls back when the
-variable is unset or empty; ``$$`` is a literal ``$``.
+"""The gateway's configuration: the pydantic models of its one YAML file.
 
 Every model forbids unknown keys: a typo is an error at start, not a silently ignored setting.
-Errors name the file and the exact path of the bad field (``teams.ml.models[2]``).
+Reading a file, ``${VAR}`` substitution and error messages are in ``gateway.config_loader``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-from collections.abc import Mapping
 from functools import cached_property
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -42,10 +33,6 @@ Algorithm = Literal[
 def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
     """fnmatch patterns (case-sensitive) as one regular expression."""
     return re.compile("|".join(fnmatch.translate(p) for p in patterns) or r"(?!)")
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message says where and why."""
 
 
 class _Model(BaseModel):
@@ -396,88 +383,6 @@ class GatewayConfig(_Model):
                 if matcher.match(model) is not None:
                     return profile
         return _FALLBACK_PROFILE
-
-
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(0) == "$$":
-                return "$"
-            name, default = match.group(1), match.group(2)
-            found = env.get(name)
-            if found:
-                return found
-            if default is not None:
-                return default
-            if found is not None:
-                return found
-            raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set")
-
-        return _VAR.sub(replace, value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, _join(path, k), env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
-    return value
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
-    return path or "<root>"
-
-
-def format_validation_error(source: str, error: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for item in error.errors(include_url=False, include_input=False):
-        # Pydantic puts a dict key's own errors under "[key]"; the path is the key itself.
-        loc = tuple(p for p in item["loc"] if p != "[key]")
-        lines.append(f"  {_location(loc)}: {item['msg']}")
-    return "\n".join(lines)
-
-
-def parse_config(
-    data: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None
-) -> GatewayConfig:
-    """Validate already-parsed YAML/JSON data."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping")
-    try:
-        substituted = _substitute(data, "", os.environ if env is None else env)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    try:
-        return GatewayConfig.model_validate(substituted)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
-
-
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, substitute and validate a YAML file; raises ConfigError with the file and path."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    return parse_config(data, source=source, env=env)
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -41,6 +41,20 @@ OVERHEAD_BUCKETS = (
 )  # fmt: skip
 
 
+# The bounded label values of the error counters, created at 0 at start so that a dashboard's
+# rate() and an alert's increase() see a series before the first failure.
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "status_4xx", "status_5xx", "stream_cut")
+STORE_OPERATIONS = (
+    "quota_reserve",
+    "quota_settle",
+    "quota_settle_lost",
+    "quota_peek",
+    "cache_get",
+    "cache_put",
+)
+STORE_FALLBACK_MODES = ("local", "open", "closed")
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaSample:
     team: str
@@ -231,6 +245,12 @@ class Metrics:
             self.cache_lookups.labels(result=result)
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
+        for kind in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(kind=kind)
+        for operation in STORE_OPERATIONS:
+            self.store_errors.labels(operation=operation)
+        for mode in STORE_FALLBACK_MODES:
+            self.store_fallbacks.labels(mode=mode)
         self.model_label = ModelLabels([])
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -245,5 +265,11 @@ class Metrics:
         return found
 
     def configure(self, config: GatewayConfig) -> None:
-        """Called at start and on every reload: the label sets follow the config."""
+        """Called at start and on every reload: the label sets follow the config. The quota
+        counters get a series per team and metric of its rules (a team can only be refused or
+        clamped by a rule it has); series of teams a reload removed stay, as counters do."""
         self.model_label = ModelLabels(model_patterns(config))
+        for team in config.teams:
+            for metric in sorted({rule.metric for rule in config.quota_rules(team)}):
+                self.quota_rejections.labels(team=team, metric=metric)
+                self.quota_clamps.labels(team=team, metric=metric)

@@ -14,10 +14,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from gateway.config import ConfigError, load_config
+from gateway.config import GatewayConfig
+from gateway.config_loader import ConfigError, load_config
 from gateway.state import GatewayState
 
 log = logging.getLogger("gateway")
@@ -25,11 +26,18 @@ log = logging.getLogger("gateway")
 
 class ConfigReloader:
     def __init__(
-        self, path: str | Path, state: GatewayState, *, env: Mapping[str, str] | None = None
+        self,
+        path: str | Path,
+        state: GatewayState,
+        *,
+        env: Mapping[str, str] | None = None,
+        adjust: Callable[[GatewayConfig], GatewayConfig] | None = None,
     ) -> None:
+        """``adjust`` is applied to every config loaded (``gateway serve``'s --host/--port)."""
         self.path = Path(path)
         self.state = state
         self.env = env
+        self.adjust = adjust
         self._digest = self._read_digest()
 
     def _read_digest(self) -> str | None:
@@ -44,6 +52,8 @@ class ConfigReloader:
         self._digest = self._read_digest()
         try:
             config = load_config(self.path, env=self.env)
+            if self.adjust is not None:
+                config = self.adjust(config)
         except ConfigError as exc:
             metrics.config_reloads.labels(result="failure").inc()
             log.error(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, config_json_schema, load_config, parse_config
+from gateway.config import config_json_schema
+from gateway.config_loader import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "x" * 40

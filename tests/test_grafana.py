@@ -465,11 +465,13 @@ async def test_dashboard_and_alert_queries_against_a_real_prometheus(
         assert {"prompt", "completion", "reasoning"} <= kinds
         lookups = {r["metric"]["result"] for r in await result_of("Cache lookups/s by result")}
         assert lookups == {"hit", "miss", "bypass", "error"}
+        # Every mode has a series from the start (at 0); only the configured one moved.
         modes = {
-            r["metric"].get("mode")
+            r["metric"].get("mode"): float(r["value"][1])
             for r in await result_of("Quota decisions without the store/s by mode")
         }
-        assert modes == {"local"}
+        assert set(modes) == {"local", "open", "closed"}, modes
+        assert modes["local"] > 0 and modes["open"] == modes["closed"] == 0, modes
 
         # Every alert expression parses; exactly the expected conditions hold.
         holding = set()

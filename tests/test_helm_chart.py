@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig
+from gateway.config_loader import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "gateway"

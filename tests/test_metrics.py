@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import aiohttp
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.gateway_proc import RunningGateway, token
+from gateway.mock_upstream import MockUpstream
+from gateway.reload import ConfigReloader
+from gateway.state import STATE
+from tests.support.gateway_proc import RunningGateway, base_config, token
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -117,3 +123,45 @@ async def test_metrics_bearer_token_and_no_secrets(make_gateway) -> None:
     samples = await scrape(gw, {"Authorization": "Bearer metrics-secret-123"})
     text = repr(samples)
     assert "sk-upstream" not in text and "metrics-secret-123" not in text
+
+
+async def test_bounded_error_and_quota_series_exist_at_zero_from_the_start(
+    make_gateway, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """Dashboards and alerts (rate, increase, absent) need the series before the first event."""
+    requests = [{"metric": "requests", "limit": 5, "window": "day"}]
+    tokens = [{"metric": "completion_tokens", "limit": 500, "window": "hour"}]
+    teams = {"ml": {"quotas": requests + tokens}, "web": {"quotas": requests}, "free": {}}
+    gw: RunningGateway = await make_gateway(teams=teams)
+    samples = await scrape(gw)
+
+    def at_zero(name: str, **labels: str) -> bool:
+        return samples.get((name, frozenset(labels.items()))) == 0.0
+
+    for kind in ("connect", "timeout", "status_4xx", "status_5xx", "stream_cut"):
+        assert at_zero("gateway_upstream_errors_total", kind=kind), kind
+    for operation in ("quota_reserve", "quota_settle", "quota_peek", "cache_get", "cache_put"):
+        assert at_zero("gateway_store_errors_total", operation=operation), operation
+    for mode in ("local", "open", "closed"):
+        assert at_zero("gateway_store_fallbacks_total", mode=mode), mode
+    for team, metric in (("ml", "requests"), ("ml", "completion_tokens"), ("web", "requests")):
+        assert at_zero("gateway_quota_rejections_total", team=team, metric=metric)
+        assert at_zero("gateway_quota_clamps_total", team=team, metric=metric)
+    # Only the metrics a team's rules can refuse on: bounded by the config.
+    assert (
+        "gateway_quota_rejections_total",
+        frozenset({("team", "web"), ("metric", "completion_tokens")}),
+    ) not in samples
+    assert not any(
+        name == "gateway_quota_rejections_total" and ("team", "free") in labels
+        for name, labels in samples
+    )
+
+    # A reload that adds a team (what SIGHUP and the file poll run) adds its series at once.
+    teams["new"] = {"quotas": tokens}
+    path = tmp_path / "gw.yaml"
+    path.write_text(json.dumps(base_config(upstream.url, teams=teams)))
+    assert ConfigReloader(path, gw.runner.app[STATE], env={}).reload()
+    samples = await scrape(gw)
+    assert at_zero("gateway_quota_rejections_total", team="new", metric="completion_tokens")
+    assert at_zero("gateway_quota_clamps_total", team="new", metric="completion_tokens")

@@ -11,7 +11,9 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.auth import mint_token
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig
+from gateway.config_loader import parse_config
+from gateway.server import GatewayRunner
 
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-abcdef"
 UPSTREAM_KEY = "sk-upstream-REAL-KEY-7f3a9c"
@@ -65,7 +67,7 @@ async def start_gateway(
 ) -> RunningGateway:
     config = parse_config(dict(data), source="<test>", env={})
     app = create_app(config, clock=clock) if clock is not None else create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
