@@ -183,7 +183,7 @@ async def _purge(config: GatewayConfig, scope: str | None) -> int:
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
-    from gateway.mock_upstream import run_mock_upstream
+    from gateway.mock import run_mock_upstream
 
     configure_logging("INFO")
     run_mock_upstream(args.host, args.port, args.api_key or None)
@@ -205,7 +205,7 @@ async def _serve(config_path: str, with_mock: bool) -> None:
     runners: list[web.AppRunner] = []
     env = dict(os.environ)
     if with_mock:
-        from gateway.mock_upstream import start_mock_upstream
+        from gateway.mock import start_mock_upstream
 
         mock_key = "sk-mock-" + secrets.token_hex(8)
         mock = await start_mock_upstream(host="127.0.0.1", port=0, api_key=mock_key)

@@ -23,7 +23,7 @@ from gateway.cache.entry import (
     replay_events,
 )
 from gateway.endpoints import Api, Usage, usage_from_json
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from gateway.sse import StreamMeter
 from tests.support.gateway_proc import UPSTREAM_KEY
 

@@ -23,7 +23,7 @@ import pytest
 from yarl import URL
 
 from gateway.endpoints import MAX_CHOICES, MAX_OUTPUT_TOKENS
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, token
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -12,7 +12,7 @@ import openai
 import pytest
 from yarl import URL
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import JWT_SECRET, UPSTREAM_KEY, RunningGateway, token
 from tests.support.redis_proc import free_port
 
