@@ -6,7 +6,9 @@
 - ``POST /v1/chat/completions``   JSON ``chat.completion`` or SSE ``data:`` chunks + ``[DONE]``
 - ``POST /v1/responses``          JSON ``response`` or SSE ``event:``/``data:``, no ``[DONE]``
 - ``POST /v1/completions``        legacy ``text_completion``, same streaming rules as chat
-- ``POST /v1/embeddings``         deterministic unit vectors (``float`` or ``base64``)
+- ``POST /v1/embeddings``         deterministic unit vectors of the model's real size (1536 for
+  ``text-embedding-3-small`` and ``-ada-002``, 3072 for ``-3-large``; ``dimensions`` shortens
+  the 3 models), ``float`` or ``base64``
 - ``POST /v1/images/generations`` a 1x1 PNG as ``b64_json`` (``usage`` for ``gpt-image*``)
 - ``GET  /v1/models``, ``GET /v1/models/{id}``
 - anything else: 404 with an OpenAI-shaped error body.

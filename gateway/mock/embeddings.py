@@ -1,14 +1,15 @@
-"""``POST /embeddings``: deterministic unit vectors, ``float`` or ``base64``."""
+"""``POST /embeddings``: deterministic unit vectors of the real sizes, float or base64."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import math
-import struct
 import sys
 from array import array
 from functools import lru_cache
+from itertools import repeat
+from operator import mul
 from typing import Any
 
 from aiohttp import web
@@ -18,32 +19,62 @@ from gateway.mock.errors import invalid
 from gateway.mock.hooks import Ctx
 from gateway.mock.params import is_token_list, opt_int, require_model
 
-DEFAULT_EMBEDDING_DIMENSIONS = 8
+# (native dimensions, whether ``dimensions`` may shorten it), as OpenAI documents them.
+MODEL_DIMENSIONS: dict[str, tuple[int, bool]] = {
+    "text-embedding-3-small": (1536, True),
+    "text-embedding-3-large": (3072, True),
+    "text-embedding-ada-002": (1536, False),
+}
+# Models the mock does not know get the common size and any ``dimensions`` up to the cap.
+DEFAULT_EMBEDDING_DIMENSIONS = 1536
 MAX_EMBEDDING_DIMENSIONS = 8192
 
 
-@lru_cache(maxsize=4096)
-def _embedding(key: str, dims: int) -> tuple[tuple[float, ...], str]:
-    """A unit vector from SHAKE-128 of the input, as floats and as base64 float32.
+@lru_cache(maxsize=1024)
+def _vector(key: str, dims: int) -> array[float]:
+    """A unit float32 vector from SHAKE-128 of the input.
 
-    The floats are float32-rounded so the ``float`` and ``base64`` encodings decode equal.
+    SHAKE output is prefix-stable, so a shortened vector is the renormalised prefix of the
+    full one, like the text-embedding-3 models. ``map`` over C callables keeps 3072 floats
+    cheap; a plain Python loop per float would dominate a load test.
     """
-    raw = struct.unpack(f"<{dims}H", hashlib.shake_128(key.encode()).digest(2 * dims))
-    values = [v / 32767.5 - 1.0 for v in raw]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    packed = array("f", [v / norm for v in values])
-    floats = tuple(packed.tolist())
+    raw = array("h", hashlib.shake_128(key.encode()).digest(2 * dims))
     if sys.byteorder == "big":
-        packed.byteswap()
-    return floats, base64.b64encode(packed.tobytes()).decode()
+        raw.byteswap()
+    scale = 1.0 / (math.hypot(*raw) or 1.0)
+    return array("f", map(mul, raw, repeat(scale)))
+
+
+def _encode(vector: array[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        # float32-rounded values, so the float and base64 encodings decode equal.
+        return vector.tolist()
+    if sys.byteorder == "big":
+        vector = array("f", vector)
+        vector.byteswap()
+    return base64.b64encode(vector.tobytes()).decode()
+
+
+def _dimensions(model: str, payload: dict[str, Any]) -> int:
+    native, shortenable = MODEL_DIMENSIONS.get(model, (DEFAULT_EMBEDDING_DIMENSIONS, True))
+    high = native if model in MODEL_DIMENSIONS else MAX_EMBEDDING_DIMENSIONS
+    dims = opt_int(payload, "dimensions", 1, high)
+    if dims is None:
+        return native
+    if not shortenable and dims != native:
+        raise invalid(
+            "This model does not support specifying dimensions.",
+            param="dimensions",
+            code="invalid_value",
+        )
+    return dims
 
 
 async def embeddings(ctx: Ctx) -> web.StreamResponse:
     p = ctx.payload
     model = require_model(p)
     inputs = _inputs(p.get("input"))
-    dims = opt_int(p, "dimensions", 1, MAX_EMBEDDING_DIMENSIONS)
-    dims = DEFAULT_EMBEDDING_DIMENSIONS if dims is None else dims
+    dims = _dimensions(model, p)
     encoding = p.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise invalid(
@@ -51,7 +82,6 @@ async def embeddings(ctx: Ctx) -> web.StreamResponse:
             param="encoding_format",
             code="invalid_value",
         )
-    which = 0 if encoding == "float" else 1
     data = []
     tokens = 0
     for index, item in enumerate(inputs):
@@ -61,7 +91,7 @@ async def embeddings(ctx: Ctx) -> web.StreamResponse:
         else:
             tokens += len(item)
             key = "t:" + repr(item)
-        vector = _embedding(key, dims)[which]
+        vector = _encode(_vector(key, dims), encoding)
         data.append({"object": "embedding", "index": index, "embedding": vector})
     return ctx.json(
         {
