@@ -13,7 +13,12 @@
 - ``GET  /v1/models``, ``GET /v1/models/{id}``
 - anything else: 404 with an OpenAI-shaped error body.
 
-Content is a run of lorem-like words chosen from a CRC of the prompt text, so the same
+Chat and Responses requests with function ``tools`` get tool calls, and ``response_format``
+(chat) or ``text.format`` (Responses) JSON schemas get JSON valid for the schema; see
+:mod:`gateway.mock.answers` and :mod:`gateway.mock.schema_values`. Their usage counts one
+token per four characters of the JSON.
+
+Other content is a run of lorem-like words chosen from a CRC of the prompt text, so the same
 prompt always gives the same text, streamed or not. One word is one token. Prompt tokens are
 ``max(1, characters // 4)`` over the message/input/prompt text (token arrays count one per
 item). Default visible output is 12 tokens. Reasoning models (``o<digit>…`` or ``gpt-5…``)

@@ -114,8 +114,10 @@ class Ctx:
             raise invalid(f"Header {name} must not be negative.")
         return value
 
-    def budget(self, model: str, limit: int | None) -> Budget:
-        visible = self.hook_int("x-mock-completion-tokens")
+    def budget(self, model: str, limit: int | None, *, visible: int | None = None) -> Budget:
+        """Tokens per choice; ``visible`` is the answer's own length when it has one (JSON)."""
+        if visible is None:
+            visible = self.hook_int("x-mock-completion-tokens")
         if visible is None:
             visible = DEFAULT_COMPLETION_TOKENS
         reasoning = 0

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.mock import content
+from gateway.mock import answers, content
 from gateway.mock.hooks import Ctx
 from gateway.mock.params import collect_text, opt_int, require_model
 
@@ -25,8 +25,18 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
     text = "".join(input_texts)
     input_tokens = content.estimate_tokens("".join(texts) + text)
     limit = opt_int(p, "max_output_tokens", 1)
-    budget = ctx.budget(model, limit)
-    tokens = content.tokens(content.seed(text), budget.visible)
+    function = answers.responses_tool(p)
+    call = None if function is None else answers.tool_call(function, text)
+    structured = None if call is not None else answers.responses_json(p, text)
+    if call is not None:
+        budget = ctx.budget(model, limit, visible=len(answers.pieces(call.arguments)))
+        tokens = answers.pieces(call.arguments)[: budget.visible]
+    elif structured is not None:
+        budget = ctx.budget(model, limit, visible=len(answers.pieces(structured)))
+        tokens = answers.pieces(structured)[: budget.visible]
+    else:
+        budget = ctx.budget(model, limit)
+        tokens = content.tokens(content.seed(text), budget.visible)
     output_text = "".join(tokens)
     output_tokens = budget.reasoning + budget.visible
     usage = {
@@ -40,8 +50,18 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
     if budget.reasoning:
         reasoning_item = {"id": content.hex_id("rs_"), "type": "reasoning", "summary": []}
     message_item: dict[str, Any] | None = None
+    status = "incomplete" if budget.truncated else "completed"
+    if call is not None:
+        message_item = {
+            "id": content.hex_id("fc_"),
+            "type": "function_call",
+            "status": status,
+            "arguments": output_text,
+            "call_id": call.call_id,
+            "name": call.name,
+        }
     # Like OpenAI: when reasoning eats the whole budget there is no message at all.
-    if budget.visible or not budget.truncated:
+    elif budget.visible or not budget.truncated:
         message_item = {
             "id": content.hex_id("msg_"),
             "type": "message",
@@ -78,9 +98,9 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
         "service_tier": "default",
         "store": p.get("store", True),
         "temperature": p.get("temperature", 1.0),
-        "text": {"format": {"type": "text"}, "verbosity": "medium"},
-        "tool_choice": "auto",
-        "tools": [],
+        "text": {"format": _text_format(p), "verbosity": "medium"},
+        "tool_choice": p.get("tool_choice") or "auto",
+        "tools": p.get("tools") or [],
         "top_logprobs": 0,
         "top_p": p.get("top_p", 1.0),
         "truncation": "disabled",
@@ -102,6 +122,12 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
     return await ctx.stream(
         _events(final, in_progress, reasoning_item, message_item, tokens, terminal)
     )
+
+
+def _text_format(payload: dict[str, Any]) -> dict[str, Any]:
+    text = payload.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    return fmt if isinstance(fmt, dict) else {"type": "text"}
 
 
 def _events(
@@ -126,7 +152,22 @@ def _events(
         yield event("response.output_item.added", output_index=0, item=reasoning_item)
         yield event("response.output_item.done", output_index=0, item=reasoning_item)
         index = 1
-    if message_item is not None:
+    if message_item is not None and message_item["type"] == "function_call":
+        item_id = message_item["id"]
+        loc = {"item_id": item_id, "output_index": index}
+        pending = {**message_item, "status": "in_progress", "arguments": ""}
+        yield event("response.output_item.added", output_index=index, item=pending)
+        for tok in tokens:
+            yield event("response.function_call_arguments.delta", **loc, delta=tok)
+        arguments = message_item["arguments"]
+        yield event(
+            "response.function_call_arguments.done",
+            **loc,
+            name=message_item["name"],
+            arguments=arguments,
+        )
+        yield event("response.output_item.done", output_index=index, item=message_item)
+    elif message_item is not None:
         item_id = message_item["id"]
         part = message_item["content"][0]
         loc = {"item_id": item_id, "output_index": index, "content_index": 0}
