@@ -9,8 +9,16 @@
 - ``POST /v1/embeddings``         deterministic unit vectors of the model's real size (1536 for
   ``text-embedding-3-small`` and ``-ada-002``, 3072 for ``-3-large``; ``dimensions`` shortens
   the 3 models), ``float`` or ``base64``
-- ``POST /v1/images/generations`` a 1x1 PNG as ``b64_json`` (``usage`` for ``gpt-image*``)
+- ``POST /v1/images/generations`` a 1x1 PNG as ``b64_json`` (``usage`` for ``gpt-image*``);
+  ``/v1/images/edits`` and ``/v1/images/variations`` take multipart and answer the same way
 - ``GET  /v1/models``, ``GET /v1/models/{id}``
+- ``GET|DELETE /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``,
+  ``GET /v1/responses/{id}/input_items``: responses created with ``store`` not false
+- ``/v1/files`` (multipart upload, list, retrieve, ``/content``, delete)
+- ``POST /v1/audio/transcriptions`` and ``/translations`` (multipart; ``json``, ``text``,
+  ``verbose_json``, ``srt``, ``vtt``), ``POST /v1/audio/speech`` (silent MP3 or WAV bytes)
+- ``POST /v1/moderations`` (never flagged), ``/v1/conversations`` (create, retrieve,
+  update, delete)
 - anything else: 404 with an OpenAI-shaped error body.
 
 Chat and Responses requests with function ``tools`` get tool calls, and ``response_format``
@@ -45,6 +53,9 @@ Test hooks, read from request headers:
   writing the rest. Gates live in-process only (``app[GATES_KEY]``); a request naming a gate
   nobody releases waits until the server closes, which releases every gate.
 
+Files, stored responses and conversations live in ``app[STATE_KEY]`` (a
+:class:`~gateway.mock.state.MockState`), per app and bounded to the newest 1,000 of each.
+
 Every reply has ``x-request-id: req_<hex>``, ``openai-processing-ms``,
 ``openai-organization: mock-org``, ``openai-version`` and ``x-ratelimit-*`` headers, so a
 gateway test can check which ones it strips. Every request is recorded as a
@@ -56,6 +67,7 @@ from gateway.mock.hooks import Gate
 from gateway.mock.server import (
     GATES_KEY,
     REQUESTS_KEY,
+    STATE_KEY,
     MockUpstream,
     RecordedRequest,
     create_mock_app,
@@ -66,6 +78,7 @@ from gateway.mock.server import (
 __all__ = [
     "GATES_KEY",
     "REQUESTS_KEY",
+    "STATE_KEY",
     "Gate",
     "MockError",
     "MockUpstream",

@@ -19,6 +19,7 @@ from gateway.mock.content import (
     is_reasoning_model,
 )
 from gateway.mock.errors import MockError, invalid
+from gateway.mock.state import MockState
 
 JSON = "application/json"
 SSE = "text/event-stream; charset=utf-8"
@@ -84,7 +85,7 @@ def status_hook_error(status: int, retry_after: str | None) -> MockError:
 class Ctx:
     """One request: its parsed JSON payload, hooks, and the reply writers."""
 
-    __slots__ = ("chunk_delay", "gates", "payload", "request", "request_id", "started")
+    __slots__ = ("chunk_delay", "gates", "payload", "request", "request_id", "started", "state")
 
     def __init__(
         self,
@@ -94,8 +95,10 @@ class Ctx:
         *,
         gates: dict[str, Gate],
         chunk_delay: float,
+        state: MockState,
     ) -> None:
         self.request = request
+        self.state = state
         self.payload = payload
         self.started = started
         self.gates = gates

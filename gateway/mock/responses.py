@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.mock import answers, content
+from gateway.mock import answers, content, stored_responses
 from gateway.mock.hooks import Ctx
 from gateway.mock.params import collect_text, opt_int, require_model
 
@@ -41,7 +41,7 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
     output_tokens = budget.reasoning + budget.visible
     usage = {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": budget.reasoning},
         "total_tokens": input_tokens + output_tokens,
@@ -83,7 +83,7 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
         "object": "response",
         "created_at": created,
         "status": "incomplete" if budget.truncated else "completed",
-        "background": False,
+        "background": p.get("background") is True,
         "completed_at": None if budget.truncated else created,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if budget.truncated else None,
@@ -105,9 +105,11 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
         "top_p": p.get("top_p", 1.0),
         "truncation": "disabled",
         "usage": usage,
-        "user": None,
         "metadata": p.get("metadata") or {},
     }
+    if isinstance(p.get("user"), str):
+        final["user"] = p["user"]  # the spec types it as a string: absent, never null
+    stored_responses.store(ctx, final)
     if p.get("stream") is not True:
         return ctx.json(final)
     in_progress = {

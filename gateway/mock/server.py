@@ -11,9 +11,22 @@ from typing import Any
 from aiohttp import web
 
 from gateway import json_codec
-from gateway.mock import chat, completions, embeddings, images, models, responses
+from gateway.mock import (
+    audio,
+    chat,
+    completions,
+    conversations,
+    embeddings,
+    files,
+    images,
+    models,
+    moderations,
+    responses,
+    stored_responses,
+)
 from gateway.mock.errors import MockError, invalid
 from gateway.mock.hooks import Ctx, Gate, status_hook_error
+from gateway.mock.state import MockState
 
 MAX_RECORDED = 10_000
 # Trimming in batches keeps recording O(1) amortised instead of a memmove per request.
@@ -38,6 +51,7 @@ class RecordedRequest:
 
 REQUESTS_KEY = web.AppKey("mock_upstream_requests", list[RecordedRequest])
 GATES_KEY = web.AppKey("mock_upstream_gates", dict[str, Gate])
+STATE_KEY = web.AppKey("mock_upstream_state", MockState)
 
 Endpoint = Callable[[Ctx], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,6 +68,7 @@ class _MockServer:
         self.chunk_delay = chunk_delay
         self.requests: list[RecordedRequest] = []
         self.gates: dict[str, Gate] = {}
+        self.state = MockState()
 
     def route(self, endpoint: Endpoint, *, json_body: bool) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -84,7 +99,14 @@ class _MockServer:
                 payload,
             )
         )
-        ctx = Ctx(request, payload or {}, started, gates=self.gates, chunk_delay=self.chunk_delay)
+        ctx = Ctx(
+            request,
+            payload or {},
+            started,
+            gates=self.gates,
+            chunk_delay=self.chunk_delay,
+            state=self.state,
+        )
         try:
             delay_ms = ctx.hook_int("x-mock-first-byte-delay-ms")
             if delay_ms:
@@ -126,6 +148,37 @@ class _MockServer:
         raise MockError(401, message, "invalid_request_error", "invalid_api_key")
 
 
+# (method, path, endpoint, whether the body must be a JSON object)
+_ROUTES: list[tuple[str, str, Endpoint, bool]] = [
+    ("POST", "/chat/completions", chat.chat, True),
+    ("POST", "/responses", responses.responses, True),
+    ("GET", "/responses/{response_id}", stored_responses.retrieve, False),
+    ("DELETE", "/responses/{response_id}", stored_responses.delete, False),
+    ("POST", "/responses/{response_id}/cancel", stored_responses.cancel, False),
+    ("GET", "/responses/{response_id}/input_items", stored_responses.input_items, False),
+    ("POST", "/completions", completions.completions, True),
+    ("POST", "/embeddings", embeddings.embeddings, True),
+    ("POST", "/images/generations", images.generations, True),
+    ("POST", "/images/edits", images.edits, False),
+    ("POST", "/images/variations", images.variations, False),
+    ("POST", "/audio/speech", audio.speech, True),
+    ("POST", "/audio/transcriptions", audio.transcriptions, False),
+    ("POST", "/audio/translations", audio.translations, False),
+    ("POST", "/moderations", moderations.moderations, True),
+    ("POST", "/files", files.upload, False),
+    ("GET", "/files", files.list_files, False),
+    ("GET", "/files/{file_id}", files.retrieve, False),
+    ("DELETE", "/files/{file_id}", files.delete, False),
+    ("GET", "/files/{file_id}/content", files.download, False),
+    ("POST", "/conversations", conversations.create, True),
+    ("GET", "/conversations/{conv_id}", conversations.retrieve, False),
+    ("POST", "/conversations/{conv_id}", conversations.update, True),
+    ("DELETE", "/conversations/{conv_id}", conversations.delete, False),
+    ("GET", "/models", models.list_models, False),
+    ("GET", "/models/{model_id:.+}", models.get_model, False),
+]
+
+
 def create_mock_app(
     api_key: str | None = "sk-mock", *, chunk_delay_seconds: float = 0.0
 ) -> web.Application:
@@ -134,20 +187,14 @@ def create_mock_app(
     app = web.Application()
     app[REQUESTS_KEY] = server.requests
     app[GATES_KEY] = server.gates
-    posts: list[tuple[str, Endpoint]] = [
-        ("/chat/completions", chat.chat),
-        ("/responses", responses.responses),
-        ("/completions", completions.completions),
-        ("/embeddings", embeddings.embeddings),
-        ("/images/generations", images.generations),
-    ]
+    app[STATE_KEY] = server.state
     for prefix in ("/v1", ""):
-        for path, endpoint in posts:
-            app.router.add_post(prefix + path, server.route(endpoint, json_body=True))
-        app.router.add_get(prefix + "/models", server.route(models.list_models, json_body=False))
-        app.router.add_get(
-            prefix + "/models/{model_id:.+}", server.route(models.get_model, json_body=False)
-        )
+        for method, path, endpoint, json_body in _ROUTES:
+            handler = server.route(endpoint, json_body=json_body)
+            if method == "GET":
+                app.router.add_get(prefix + path, handler)  # answers HEAD too
+            else:
+                app.router.add_route(method, prefix + path, handler)
     app.router.add_route("*", "/{tail:.*}", server.route(_not_found, json_body=False))
     return app
 
