@@ -74,6 +74,25 @@ async def test_transcriptions(client: openai.AsyncOpenAI) -> None:
         )
 
 
+async def test_streamed_transcription(client: openai.AsyncOpenAI) -> None:
+    whole = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("a.wav", AUDIO)
+    )
+    stream = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("a.wav", AUDIO), stream=True
+    )
+    events = [event async for event in stream]
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.text == whole.text
+    assert "".join(deltas) == whole.text
+    assert done.usage is not None and done.usage.total_tokens == whole.usage.total_tokens  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError):
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", AUDIO), stream=True
+        )
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK deprecates these
 async def test_translations_and_speech(client: openai.AsyncOpenAI) -> None:
     translated = await client.audio.translations.create(model="whisper-1", file=("a.mp3", AUDIO))

@@ -209,6 +209,13 @@ async def test_audio(api: Api) -> None:
             "POST", "/audio/transcriptions", data=upload(model=model, file=audio)
         )
         validate(result, "CreateTranscriptionResponseJson")
+    streamed = upload(model="gpt-4o-mini-transcribe", file=audio, stream="true")
+    status, raw = await api.call("POST", "/audio/transcriptions", data=streamed)
+    assert status == 200
+    events = [json_codec.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1]["type"] == "transcript.text.done"
+    for event in events:
+        validate(event, "CreateTranscriptionResponseStreamEvent")
     verbose = upload(model="whisper-1", file=audio, response_format="verbose_json")
     result = await api.json("POST", "/audio/transcriptions", data=verbose)
     validate(result, "CreateTranscriptionResponseVerboseJson")

@@ -2,15 +2,19 @@
 
 The "transcript" is lorem text seeded from the audio bytes, so the same upload always gives
 the same words. ``gpt-4o*-transcribe`` models report token usage; ``whisper-1`` reports
-duration, which the mock takes to be one second per 16 KiB of audio.
+duration, which the mock takes to be one second per 16 KiB of audio. With ``stream=true``
+the non-whisper models send ``transcript.text.delta`` events, one per word, then
+``transcript.text.done`` with the usage.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from aiohttp import web
 
+from gateway import json_codec
 from gateway.mock import content
 from gateway.mock.errors import invalid
 from gateway.mock.forms import Form, field_text, read_form, require_file, require_text
@@ -47,6 +51,15 @@ async def _transcribe(ctx: Ctx, task: str) -> web.StreamResponse:
     text = "".join(words).capitalize() + "."
     seconds = max(1, len(audio.data) // _BYTES_PER_SECOND)
     fmt = _response_format(form, model)
+    if task == "transcribe" and field_text(form, "stream") == "true":
+        if model == "whisper-1":
+            raise invalid(
+                "Streaming is not supported for the whisper-1 model.",
+                param="stream",
+                code="unsupported_value",
+            )
+        usage = _usage(model, form, seconds, len(words))
+        return await ctx.stream(_transcript_events(text, usage))
     if fmt in _TEXT_FORMATS:
         body = _subtitles(text, seconds, fmt) if fmt in ("srt", "vtt") else text + "\n"
         return ctx.body(body.encode(), _TEXT_FORMATS[fmt])
@@ -64,6 +77,16 @@ async def _transcribe(ctx: Ctx, task: str) -> web.StreamResponse:
     if task == "translate":
         return ctx.json({"text": text})
     return ctx.json({"text": text, "usage": _usage(model, form, seconds, len(words))})
+
+
+def _transcript_events(text: str, usage: dict[str, object]) -> Iterator[bytes]:
+    # Data-only SSE: the SDKs type these events by their JSON ``type``.
+    first, *rest = text.split(" ")
+    for word in [first, *(" " + w for w in rest)]:
+        delta = {"type": "transcript.text.delta", "delta": word, "logprobs": []}
+        yield b"data: " + json_codec.dumps(delta) + b"\n\n"
+    done = {"type": "transcript.text.done", "text": text, "logprobs": [], "usage": usage}
+    yield b"data: " + json_codec.dumps(done) + b"\n\n"
 
 
 def _response_format(form: Form, model: str) -> str:

@@ -26,6 +26,7 @@ ROOTS = (
     "CreateEmbeddingResponse",
     "CreateModerationResponse",
     "CreateTranscriptionResponseJson",
+    "CreateTranscriptionResponseStreamEvent",
     "CreateTranscriptionResponseVerboseJson",
     "CreateTranslationResponseJson",
     "ConversationResource",
