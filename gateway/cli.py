@@ -183,7 +183,7 @@ async def _purge(config: GatewayConfig, scope: str | None) -> int:
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
-    from gateway.mock_upstream import run_mock_upstream
+    from gateway.mock import run_mock_upstream
 
     configure_logging("INFO")
     run_mock_upstream(args.host, args.port, args.api_key or None)

@@ -31,13 +31,13 @@ from gateway.auth import mint_configured_token
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.config_loader import ConfigError, format_validation_error, load_config
 from gateway.errors import GatewayError, InternalError, InvalidRequestError
-from gateway.handlers import new_request_id
 from gateway.log import configure_logging
+from gateway.pipeline import new_request_id
 from gateway.reload import ConfigReloader
 from gateway.state import STATE, GatewayState
 
 if TYPE_CHECKING:
-    from gateway.mock_upstream import MockUpstream
+    from gateway.mock import MockUpstream
 
 log = logging.getLogger("gateway")
 
@@ -137,7 +137,7 @@ class GatewayServer:
     async def start(self) -> None:
         """Load the config and listen; raises ConfigError or StartupError."""
         if self.with_mock:
-            from gateway.mock_upstream import start_mock_upstream
+            from gateway.mock import start_mock_upstream
 
             mock_key = "sk-mock-" + secrets.token_hex(8)
             self._mock = await start_mock_upstream(host="127.0.0.1", port=0, api_key=mock_key)

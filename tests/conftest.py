@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.mock_upstream import MockUpstream, start_mock_upstream
+from gateway.mock import MockUpstream, start_mock_upstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, base_config, start_gateway
 from tests.support.redis_proc import RedisProcess, free_port
 

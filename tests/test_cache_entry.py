@@ -22,7 +22,7 @@ from gateway.cache.entry import (
     json_storable,
 )
 from gateway.cache.recorder import SseRecorder, replay_events
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from gateway.sse import StreamMeter
 from tests.support.gateway_proc import UPSTREAM_KEY
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import base_config
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import free_port

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import json_codec
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from gateway.state import STATE
 from gateway.store import keys
 from tests.support.gateway_proc import RunningGateway, base_config, token

@@ -35,7 +35,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import JWT_SECRET, RunningGateway, token
 from tests.support.redis_proc import free_port
 from tests.test_quota_gateway import wait_until

@@ -23,7 +23,7 @@ import pytest
 from yarl import URL
 
 from gateway.apis import MAX_CHOICES, MAX_OUTPUT_TOKENS
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, token
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -263,7 +263,7 @@ async def test_uploads_over_the_limit_are_413_and_never_forwarded(
         assert_openai_error(reply, 413, "request_too_large")
     assert upstream.requests == []  # the upstream never saw a complete request
     reply = await send("POST", gw.url + "/files", data=chunks(2), headers=headers)
-    assert reply.status == 404  # the mock has no /files: its answer passes through
+    assert reply.status == 400  # the mock's "not multipart" answer passes through
     assert upstream.requests[-1].body == b"x" * 2000
     await still_serves(gw)
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess

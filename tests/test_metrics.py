@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from gateway.reload import ConfigReloader
 from gateway.state import STATE
 from tests.support.gateway_proc import RunningGateway, base_config, token

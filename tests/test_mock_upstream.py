@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway import json_codec
-from gateway.mock_upstream import MockUpstream, start_mock_upstream
+from gateway.mock import MockUpstream, start_mock_upstream
 
 CHAT = [{"role": "user", "content": "What colour is the sky?"}]
 

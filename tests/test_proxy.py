@@ -12,7 +12,7 @@ import openai
 import pytest
 from yarl import URL
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from tests.support.gateway_proc import JWT_SECRET, UPSTREAM_KEY, RunningGateway, token
 from tests.support.redis_proc import free_port
 
@@ -297,8 +297,9 @@ async def test_multipart_and_unknown_paths_pass_through_unparsed(
             gateway.url + "/files?x=1", data=form, headers={"Authorization": f"Bearer {token()}"}
         ) as resp,
     ):
-        assert resp.status == 404  # the mock has no /files: its error passes through unchanged
-        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+        assert resp.status == 200  # the mock's file object passes through unchanged
+        uploaded = await resp.json()
+        assert uploaded["object"] == "file" and uploaded["bytes"] == 1700
     seen = upstream.requests[-1]
     assert seen.path == "/v1/files" and seen.query == {"x": "1"}
     assert seen.headers["content-type"].startswith("multipart/form-data")

@@ -14,7 +14,7 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.mock_upstream import MockUpstream
+from gateway.mock import MockUpstream
 from gateway.store import keys
 from tests.support.gateway_proc import RunningGateway, token
 from tests.support.redis_proc import RedisProcess

@@ -34,7 +34,7 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.log import JsonFormatter
-from gateway.mock_upstream import MockUpstream, start_mock_upstream
+from gateway.mock import MockUpstream, start_mock_upstream
 from gateway.reload import ConfigReloader
 from gateway.state import STATE
 from tests.support.gateway_proc import (

@@ -115,11 +115,3 @@ _id_counter = itertools.count(1)
 def new_request_id() -> str:
     """Unique across replicas (random per-process prefix) without a system call per request."""
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
-
-
-def ensure_request_id(headers: Any, request_id: str) -> None:
-    """The gateway's id on a response; the upstream's ``x-request-id`` is kept when it sent one
-    (support tickets quote it), else the gateway's stands in."""
-    headers["x-gateway-request-id"] = request_id
-    if "x-request-id" not in headers:
-        headers["x-request-id"] = request_id

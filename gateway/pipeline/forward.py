@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from gateway.config import GatewayConfig, TeamConfig
 from gateway.errors import GatewayError
-from gateway.pipeline.exchange import Exchange, ensure_request_id
+from gateway.pipeline.exchange import Exchange
 from gateway.state import GatewayState
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.headers import client_response_headers, upstream_request_headers
@@ -36,7 +36,7 @@ class Call:
 @dataclass(slots=True)
 class Forwarded:
     upstream: UpstreamResponse
-    #: The upstream's headers as the client gets them (cleaned, with the request ids).
+    #: The upstream's headers as the client gets them (cleaned; the app adds the request ids).
     headers: CIMultiDict[str]
     sent_at: float
 
@@ -74,7 +74,6 @@ async def forward(
     if upstream.status >= 400:
         exchange.upstream_error = f"status_{upstream.status // 100}xx"
     response_headers = client_response_headers(upstream.headers)
-    ensure_request_id(response_headers, exchange.request_id)
     return Forwarded(upstream, response_headers, sent_at)
 
 

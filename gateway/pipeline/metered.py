@@ -19,7 +19,6 @@ from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
 from gateway.errors import GatewayError, InvalidRequestError, QuotaExceededError
 from gateway.pipeline import team_policy
-from gateway.pipeline.exchange import ensure_request_id
 from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
 from gateway.quota.policy import plan_request
 from gateway.quota.service import Reservation
@@ -100,7 +99,6 @@ async def _serve_hit(metered: MeteredCall, key: str, entry: CachedResponse) -> w
     headers: CIMultiDict[str] = CIMultiDict(entry.headers)
     headers["x-gateway-cache"] = "hit"
     headers["age"] = str(entry.age(cache.clock()))
-    ensure_request_id(headers, exchange.request_id)
     if entry.events is None:
         return web.Response(status=entry.status, body=entry.body, headers=headers)
     client = web.StreamResponse(status=entry.status, headers=headers)
