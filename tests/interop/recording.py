@@ -1,7 +1,6 @@
 """An httpx2 transport that keeps a copy of every response body an openai-python client reads
 (httpx2 is the HTTP client openai-python is built on).
 
-
 It lets a test see the raw bytes the SDK parsed (for example the last SSE event of a cut
 stream) and count the SDK's attempts, without a second request that might be answered
 differently.
