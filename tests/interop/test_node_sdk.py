@@ -83,7 +83,8 @@ def test_chat_stream_with_and_without_usage(node_results: dict[str, Any]) -> Non
     got = value(node_results, "chat_stream")
     with_usage, plain = got["withUsage"], got["plain"]
     assert with_usage["text"] and with_usage["usageChunks"] == 1
-    assert with_usage["last"]["choices"] == 0 and with_usage["last"]["usage"]["completion_tokens"] > 0
+    last = with_usage["last"]
+    assert last["choices"] == 0 and last["usage"]["completion_tokens"] > 0
     assert plain["chunks"] > 1 and plain["usageChunks"] == 0
     assert plain["text"] == with_usage["text"]
 
