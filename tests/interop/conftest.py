@@ -58,7 +58,8 @@ def node_sdk() -> Path:
     )
     if done.returncode != 0:
         output = done.stdout + done.stderr
-        if any(code in output for code in _NETWORK_ERRORS):
-            _skip_or_fail(f"npm cannot reach the registry to install openai-node: {output[-500:]}")
+        network = [line for line in output.splitlines() if any(c in line for c in _NETWORK_ERRORS)]
+        if network:
+            _skip_or_fail(f"npm cannot reach the registry to install openai-node: {network[0]}")
         pytest.fail(f"npm ci failed in {NODE_DIR}:\n{output[-2000:]}")
     return NODE_DIR

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import wave
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import openai
 from pydantic import BaseModel
@@ -15,6 +15,8 @@ from tests.interop.probes import WEATHER_TOOL, MockFeatures
 from tests.interop.stack import Stack
 
 MODEL = "gpt-4o-mini"
+# Plain dicts, as a team would write them (the SDK's TypedDicts are for static checking only).
+TOOLS: Any = [WEATHER_TOOL]
 
 
 def client(stack: Stack) -> openai.OpenAI:
@@ -31,7 +33,7 @@ def test_chat_tool_loop(stack: Stack, features: MockFeatures) -> None:
     features.require("tools")
     sdk = client(stack)
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = sdk.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    first = sdk.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
     call = choice.message.tool_calls[0]
@@ -41,7 +43,7 @@ def test_chat_tool_loop(stack: Stack, features: MockFeatures) -> None:
 
     messages.append(choice.message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'})
-    second = sdk.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    second = sdk.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content and not second.choices[0].message.tool_calls
 
@@ -51,8 +53,8 @@ def test_chat_tool_call_streams_argument_deltas(stack: Stack, features: MockFeat
     stream = client(stack).chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Weather in Rome?"}],
-        tools=[WEATHER_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        tools=TOOLS,
+        tool_choice=cast(Any, {"type": "function", "function": {"name": "get_weather"}}),
         stream=True,
     )
     pieces: list[str] = []
@@ -75,15 +77,12 @@ def test_responses_tool_loop(stack: Stack, features: MockFeatures) -> None:
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
     assert isinstance(json.loads(calls[0].arguments)["city"], str)
-    second = sdk.responses.create(
-        model=MODEL,
-        tools=[tool],
-        input=[
-            {"role": "user", "content": "Weather in Lima?"},
-            calls[0].model_dump(exclude_none=True),
-            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C"},
-        ],
-    )
+    turns: Any = [
+        {"role": "user", "content": "Weather in Lima?"},
+        calls[0].model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C"},
+    ]
+    second = sdk.responses.create(model=MODEL, tools=[tool], input=turns)
     assert second.output_text
     assert all(item.type != "function_call" for item in second.output)
 
@@ -98,6 +97,12 @@ def test_structured_output_parse(stack: Stack, features: MockFeatures) -> None:
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Event)
     assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_responses_structured_output_parse(stack: Stack, features: MockFeatures) -> None:
+    features.require("structured_output")
+    response = client(stack).responses.parse(model=MODEL, input="Plan a party.", text_format=Event)
+    assert isinstance(response.output_parsed, Event)
 
 
 def test_files_upload_and_download(stack: Stack, features: MockFeatures) -> None:

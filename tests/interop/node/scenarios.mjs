@@ -3,7 +3,7 @@
 // {name: {ok: true, value} | {ok: false, error}} to stdout for tests/interop/test_node_sdk.py.
 // Env: INTEROP_BASE_URL (the gateway, ending in /v1), INTEROP_TOKENS (JSON {team: token}).
 import OpenAI, { toFile } from "openai";
-import { zodResponseFormat } from "openai/helpers/zod";
+import { zodResponseFormat, zodTextFormat } from "openai/helpers/zod";
 import { z } from "zod";
 
 const BASE_URL = process.env.INTEROP_BASE_URL;
@@ -277,7 +277,12 @@ const scenarios = {
       messages: [{ role: "user", content: "Plan a party." }],
       response_format: zodResponseFormat(Event, "event"),
     });
-    return { parsed: completion.choices[0].message.parsed };
+    const response = await client().responses.parse({
+      model: MODEL,
+      input: "Plan a party.",
+      text: { format: zodTextFormat(Event, "event") },
+    });
+    return { parsed: completion.choices[0].message.parsed, responses: response.output_parsed };
   },
 
   async files() {
