@@ -19,6 +19,9 @@ from tests.interop.stack import CAPPED_TEAMS, Stack
 CORE = [
     "models",
     "chat",
+    "reasoning",
+    "images",
+    "timeout",
     "chat_stream",
     "chat_stream_cut",
     "responses",
@@ -77,6 +80,20 @@ def test_chat(node_results: dict[str, Any]) -> None:
     usage = got["usage"]
     assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_reasoning_usage(node_results: dict[str, Any]) -> None:
+    got = value(node_results, "reasoning")
+    assert got["chat"] and got["responses"]
+
+
+def test_images(node_results: dict[str, Any]) -> None:
+    got = value(node_results, "images")
+    assert got["b64"] > 0 and got["usage"]["total_tokens"] > 0
+
+
+def test_client_timeout(node_results: dict[str, Any]) -> None:
+    assert value(node_results, "timeout")["error"]["name"] == "APIConnectionTimeoutError"
 
 
 def test_chat_stream_with_and_without_usage(node_results: dict[str, Any]) -> None:

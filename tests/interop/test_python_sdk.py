@@ -43,6 +43,29 @@ def test_chat(stack: Stack) -> None:
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_reasoning_usage(stack: Stack) -> None:
+    sdk = client(stack)
+    chat = sdk.chat.completions.create(model="o3-mini", messages=MESSAGES)
+    assert chat.usage is not None and chat.usage.completion_tokens_details is not None
+    assert chat.usage.completion_tokens_details.reasoning_tokens
+    response = sdk.responses.create(model="o3-mini", input="Think first.")
+    assert response.usage is not None
+    assert response.usage.output_tokens_details.reasoning_tokens > 0
+
+
+def test_images(stack: Stack) -> None:
+    result = client(stack).images.generate(model="gpt-image-1", prompt="a dot", size="1024x1024")
+    assert result.data and result.data[0].b64_json
+    assert result.usage is not None and result.usage.total_tokens > 0
+
+
+def test_client_timeout(stack: Stack) -> None:
+    with pytest.raises(openai.APITimeoutError):
+        client(stack, timeout=0.2).chat.completions.create(
+            model=MODEL, messages=MESSAGES, extra_headers={"x-mock-first-byte-delay-ms": "1000"}
+        )
+
+
 def test_chat_stream_with_and_without_usage(stack: Stack) -> None:
     sdk = client(stack)
     chunks = list(

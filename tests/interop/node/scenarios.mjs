@@ -100,6 +100,30 @@ const scenarios = {
     return { content: choice.message.content, finish: choice.finish_reason, usage: completion.usage };
   },
 
+  async reasoning() {
+    const chat = await client().chat.completions.create({ model: "o3-mini", messages: MESSAGES });
+    const response = await client().responses.create({ model: "o3-mini", input: "Think first." });
+    return {
+      chat: chat.usage.completion_tokens_details?.reasoning_tokens ?? null,
+      responses: response.usage.output_tokens_details?.reasoning_tokens ?? null,
+    };
+  },
+
+  async images() {
+    const result = await client().images.generate({ model: "gpt-image-1", prompt: "a dot" });
+    return { b64: result.data[0].b64_json?.length ?? 0, usage: result.usage ?? null };
+  },
+
+  async timeout() {
+    const error = await thrown(
+      client("ml", { timeout: 200 }).chat.completions.create(
+        { model: MODEL, messages: MESSAGES },
+        { headers: { "x-mock-first-byte-delay-ms": "1000" } },
+      ),
+    );
+    return { error };
+  },
+
   async chat_stream() {
     const run = async (extra) => {
       const stream = await client().chat.completions.create({
