@@ -23,14 +23,15 @@ _NETWORK_ERRORS = (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One mock upstream and one gateway for the whole interop suite."""
+    """One mock upstream and one gateway for the whole interop suite (stopped after it, so
+    they do not idle through the rest of the session)."""
     with running_stack(tmp_path_factory.mktemp("interop")) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def features(stack: Stack) -> MockFeatures:
     return probe(stack.mock_url)
 
