@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import json_codec
-from gateway.cache.backend import CacheBackend, MemoryCacheBackend, RedisCacheBackend
+from gateway.cache.backend import RedisCacheBackend
 from gateway.cache.service import CacheService
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -34,11 +34,8 @@ from gateway.metrics import Metrics, QuotaSample
 from gateway.proxy import Upstream
 from gateway.quota.service import QuotaService
 from gateway.state import STATE, GatewayState
-from gateway.store.base import QuotaStore, StoreError
-from gateway.store.breaker import StoreBreaker
-from gateway.store.memory import MemoryQuotaStore
-from gateway.store.redis import RedisQuotaStore
-from gateway.store.redis import connect as connect_redis
+from gateway.storage.errors import StoreError
+from gateway.stores import build_stores
 
 log = logging.getLogger("gateway")
 
@@ -161,24 +158,6 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     return app
 
 
-def build_stores(config: GatewayConfig) -> tuple[QuotaStore, CacheBackend]:
-    """Quota store and cache backend: both on one Redis client, or both in memory."""
-    if config.store.redis_url is None:
-        return MemoryQuotaStore(), MemoryCacheBackend()
-    client = connect_redis(
-        config.store.redis_url.get_secret_value(), timeout_seconds=config.store.timeout_seconds
-    )
-    quota_store = RedisQuotaStore(client, prefix=config.store.key_prefix)
-    cache = RedisCacheBackend(
-        client, config.store.key_prefix, timeout_seconds=config.store.timeout_seconds
-    )
-    return quota_store, cache
-
-
-def build_quota_store(config: GatewayConfig) -> QuotaStore:
-    return build_stores(config)[0]
-
-
 def create_app(
     config: GatewayConfig,
     *,
@@ -200,19 +179,19 @@ def create_app(
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
         session = upstream_session or Upstream.create_session(config.upstream)
-        store, cache_backend = build_stores(config)
+        stores = await build_stores(config)
+        cache_backend = stores.cache
         metrics = Metrics(registry)
-        breaker = StoreBreaker()  # quotas and cache share one Redis: one view of its health
         quotas = QuotaService(
-            store,
+            stores.quota,
             on_error=config.store.on_error,
             hold_seconds=config.upstream.total_timeout_seconds
             + config.store.reservation_grace_seconds,
             clock=clock,
             metrics=metrics,
-            breaker=breaker,
+            breaker=stores.quota_breaker,
         )
-        cache = CacheService(cache_backend, metrics, clock=clock, breaker=breaker)
+        cache = CacheService(cache_backend, metrics, clock=clock, breaker=stores.cache_breaker)
         purges = None
         if isinstance(cache_backend, RedisCacheBackend):
             purges = asyncio.get_running_loop().create_task(
@@ -227,8 +206,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await purges
         await quotas.drain()
-        await cache_backend.close()
-        await store.close()
+        await stores.close()
         if upstream_session is None:
             await session.close()
 

@@ -125,12 +125,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[object, ...]] | None:
-    from gateway.app import build_quota_store
     from gateway.errors import StoreUnavailableError
     from gateway.handlers import usage_entry
     from gateway.quota.service import QuotaService
+    from gateway.stores import build_quota_store
 
-    store = build_quota_store(config)
+    store = await build_quota_store(config)
     service = QuotaService(store, on_error="closed", hold_seconds=0)
     rows: list[tuple[object, ...]] = []
     try:
@@ -172,14 +172,13 @@ def cmd_cache_purge(args: argparse.Namespace) -> int:
 
 
 async def _purge(config: GatewayConfig, scope: str | None) -> int:
-    from gateway.app import build_stores
+    from gateway.stores import build_cache_backend
 
-    store, backend = build_stores(config)
+    backend = await build_cache_backend(config)
     try:
         return await backend.purge(scope)
     finally:
         await backend.close()
-        await store.close()
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ response and SSE record/replay (``entry``), storage (``backend``), and single-fl
 
 from gateway.cache.backend import (
     CacheBackend,
-    CacheBackendError,
     MemoryCacheBackend,
     RedisCacheBackend,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "CONTENT_HEADERS",
     "IGNORED_FIELDS",
     "CacheBackend",
-    "CacheBackendError",
     "CacheSettings",
     "CachedResponse",
     "Decision",

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.cache.backend import CacheBackend, CacheBackendError
+from gateway.cache.backend import CacheBackend
 from gateway.cache.entry import (
     CachedResponse,
     SseRecorder,
@@ -45,7 +45,8 @@ from gateway.cache.singleflight import SingleFlight, Slot, coalesce
 from gateway.config import GatewayConfig, TeamConfig
 from gateway.endpoints import Api, RequestInfo, Usage
 from gateway.metrics import Metrics
-from gateway.store.breaker import StoreBreaker
+from gateway.storage.breaker import StoreBreaker
+from gateway.storage.errors import StoreError as CacheBackendError
 
 log = logging.getLogger("gateway.cache")
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from gateway.config import ModelProfile, QuotaRule, TeamConfig
 from gateway.endpoints import REASONING_EFFORTS, Api, RequestInfo, Usage
 from gateway.errors import InvalidRequestError, QuotaExceededError
+from gateway.quota.store import keys
+from gateway.quota.store.base import ReserveOutcome, WindowCharge
 from gateway.quota.windows import Window, go_duration, window_at
-from gateway.store import keys
-from gateway.store.base import ReserveOutcome, WindowCharge
 
 PROMPT_BYTES_PER_TOKEN = 3
 #: OpenAI's default output limit for the legacy completions API.

@@ -9,6 +9,10 @@ the batch is flushed on the very next loop iteration.
 Scripts are called by SHA. A server that does not know one (restarted, failed over, flushed)
 answers NOSCRIPT; those calls are retried one by one through redis-py's ``Script``, which loads
 the script first.
+
+Failures reach each caller as redis-py raised them; the caller's ``guarded`` block turns them
+into ``StoreError``. On a cluster the pipeline is redis-py's cluster pipeline, which sends each
+call to the node of its keys (all keys of one call share a hash tag).
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
+
+from gateway.storage.client import RedisClient
 
 Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._queue: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
