@@ -86,11 +86,17 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_config(args: argparse.Namespace, embedded_hint: str) -> GatewayConfig:
-    """The config of a command that reads Redis directly (with an optional --team)."""
+def _redis_config(
+    args: argparse.Namespace, embedded_hint: str, *, cache: bool = False
+) -> GatewayConfig:
+    """The config of a command that reads Redis directly (with an optional --team): the
+    quota store's, or with ``cache`` the cache's (``cache.redis_url``, else the store's)."""
+    from gateway.stores import cache_url
+
     config = _load_or_exit(_config_path(args.config))
-    if config.store.redis_url is None:
-        print(f"error: no store.redis_url: {embedded_hint}", file=sys.stderr)
+    if (cache_url(config) if cache else config.store.redis_url) is None:
+        setting = "cache.redis_url or store.redis_url" if cache else "store.redis_url"
+        print(f"error: no {setting}: {embedded_hint}", file=sys.stderr)
         raise SystemExit(1)
     if args.team is not None and args.team not in config.teams:
         print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
@@ -159,7 +165,9 @@ async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[obj
 
 def cmd_cache_purge(args: argparse.Namespace) -> int:
     config = _redis_config(
-        args, "the embedded cache lives inside the gateway process and empties when it restarts"
+        args,
+        "the embedded cache lives inside the gateway process and empties when it restarts",
+        cache=True,
     )
     scope = None if args.team is None else f"team:{args.team}"
     try:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from gateway.storage.client import RedisClient
 
@@ -57,9 +57,11 @@ class ScriptBatcher:
             else:
                 pipe = self._client.pipeline(transaction=False)
                 for script, keys, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    # Not pipe.evalsha: redis-py's cluster pipeline refuses that method, while
+                    # the command itself routes fine (all of a call's keys share a slot).
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # whatever went wrong, every caller must hear of it
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -68,7 +70,7 @@ class ScriptBatcher:
             if isinstance(reply, NoScriptError):
                 try:
                     reply = await script(keys=keys, args=args)
-                except (RedisError, OSError, TimeoutError) as exc:
+                except Exception as exc:
                     reply = exc
             if future.done():
                 continue

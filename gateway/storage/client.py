@@ -104,7 +104,18 @@ async def connect(url: str, *, timeout_seconds: float, max_connections: int = 64
     if not info.get("cluster_enabled"):
         return client
     await client.aclose()
-    return RedisCluster.from_url(url, max_connections=max_connections, **options)
+    cluster = RedisCluster.from_url(url, max_connections=max_connections, **options)
+    try:
+        async with guarded("redis cluster", timeout_seconds):
+            await cluster.initialize()
+    except Exception as exc:  # commands map the cluster again on first use
+        log.warning("could not map the Redis Cluster yet", extra={"error": str(exc)})
+    return cluster
+
+
+async def _primaries(client: RedisCluster) -> list[Any]:
+    await client.initialize()  # a no-op once the cluster is mapped
+    return list(client.get_primaries())
 
 
 def _sentinel_client(
@@ -134,7 +145,7 @@ async def per_primary(client: RedisClient, *command: Any) -> list[Any]:
     if isinstance(client, RedisCluster):
         return [
             await client.execute_command(*command, target_nodes=node)
-            for node in client.get_primaries()
+            for node in await _primaries(client)
         ]
     return [await client.execute_command(*command)]  # type: ignore[no-untyped-call]
 
@@ -144,7 +155,10 @@ async def scan_keys(
 ) -> AsyncIterator[list[Any]]:
     """Batches of the keys matching ``match``; on a cluster, a SCAN per primary. Each SCAN
     step is bounded by ``bound_seconds`` and raises ``StoreError`` (a long scan is fine)."""
-    targets: list[Any] = client.get_primaries() if isinstance(client, RedisCluster) else [None]
+    targets: list[Any] = [None]
+    if isinstance(client, RedisCluster):
+        async with guarded(what, bound_seconds):
+            targets = await _primaries(client)
     for node in targets:
         cursor: Any = 0
         while True:

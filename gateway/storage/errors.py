@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
@@ -74,5 +74,5 @@ async def guarded(what: str, bound_seconds: float | None = None) -> AsyncIterato
     try:
         async with asyncio.timeout(bound_seconds):
             yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise translate(exc, what) from exc
