@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import json_codec
-from gateway.cache.backend import CacheBackend, MemoryCacheBackend, RedisCacheBackend
+from gateway.cache.backend import RedisCacheBackend
 from gateway.cache.service import CacheService
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -33,11 +33,8 @@ from gateway.metrics import Metrics, QuotaSample
 from gateway.pipeline import REQUEST_ID, handle_proxy, handle_usage, new_request_id
 from gateway.quota.service import QuotaService
 from gateway.state import STATE, GatewayState
-from gateway.store.base import QuotaStore, StoreError
-from gateway.store.breaker import StoreBreaker
-from gateway.store.memory import MemoryQuotaStore
-from gateway.store.redis import RedisQuotaStore
-from gateway.store.redis import connect as connect_redis
+from gateway.storage.errors import StoreError
+from gateway.stores import Stores, build_stores
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -170,24 +167,6 @@ def create_metrics_app(gateway: web.Application) -> web.Application:
     return app
 
 
-def build_stores(config: GatewayConfig) -> tuple[QuotaStore, CacheBackend]:
-    """Quota store and cache backend: both on one Redis client, or both in memory."""
-    if config.store.redis_url is None:
-        return MemoryQuotaStore(), MemoryCacheBackend()
-    client = connect_redis(
-        config.store.redis_url.get_secret_value(), timeout_seconds=config.store.timeout_seconds
-    )
-    quota_store = RedisQuotaStore(client, prefix=config.store.key_prefix)
-    cache = RedisCacheBackend(
-        client, config.store.key_prefix, timeout_seconds=config.store.timeout_seconds
-    )
-    return quota_store, cache
-
-
-def build_quota_store(config: GatewayConfig) -> QuotaStore:
-    return build_stores(config)[0]
-
-
 def create_app(
     config: GatewayConfig,
     *,
@@ -228,9 +207,7 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 _SESSION = web.AppKey("gateway.upstream_session", aiohttp.ClientSession)
 _METRICS = web.AppKey("gateway.metrics", Metrics)
-_QUOTA_STORE = web.AppKey("gateway.quota_store", QuotaStore)
-_CACHE_BACKEND = web.AppKey("gateway.cache_backend", CacheBackend)
-_BREAKER = web.AppKey("gateway.store_breaker", StoreBreaker)
+_STORES = web.AppKey("gateway.stores", Stores)
 _QUOTAS = web.AppKey("gateway.quotas", QuotaService)
 _CACHE = web.AppKey("gateway.cache", CacheService)
 
@@ -257,16 +234,13 @@ def _metrics(registry: CollectorRegistry | None) -> CleanupContext:
 
 
 def _stores(config: GatewayConfig) -> CleanupContext:
-    """Quota store and cache backend (one Redis client, or memory) and their shared breaker."""
+    """Quota store and cache backend (one or two Redis, or memory), each with its breaker."""
 
     async def stores(app: web.Application) -> AsyncIterator[None]:
-        store, cache_backend = build_stores(config)
-        app[_QUOTA_STORE] = store
-        app[_CACHE_BACKEND] = cache_backend
-        app[_BREAKER] = StoreBreaker()  # quotas and cache share one Redis: one view of its health
+        stores = await build_stores(config)
+        app[_STORES] = stores
         yield
-        await cache_backend.close()
-        await store.close()
+        await stores.close()
 
     return stores
 
@@ -274,13 +248,13 @@ def _stores(config: GatewayConfig) -> CleanupContext:
 def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> CleanupContext:
     async def quota_service(app: web.Application) -> AsyncIterator[None]:
         quotas = QuotaService(
-            app[_QUOTA_STORE],
+            app[_STORES].quota,
             on_error=config.store.on_error,
             hold_seconds=config.upstream.total_timeout_seconds
             + config.store.reservation_grace_seconds,
             clock=clock,
             metrics=app[_METRICS],
-            breaker=app[_BREAKER],
+            breaker=app[_STORES].quota_breaker,
         )
         app[_QUOTAS] = quotas
         yield
@@ -291,8 +265,9 @@ def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> Cleanup
 
 def _cache_service(clock: Callable[[], float]) -> CleanupContext:
     async def cache_service(app: web.Application) -> AsyncIterator[None]:
+        stores = app[_STORES]
         app[_CACHE] = CacheService(
-            app[_CACHE_BACKEND], app[_METRICS], clock=clock, breaker=app[_BREAKER]
+            stores.cache, app[_METRICS], clock=clock, breaker=stores.cache_breaker
         )
         yield
 
@@ -301,7 +276,7 @@ def _cache_service(clock: Callable[[], float]) -> CleanupContext:
 
 async def _purge_listener(app: web.Application) -> AsyncIterator[None]:
     """Other replicas' purges, applied to this one's in-process cache tier (Redis only)."""
-    backend = app[_CACHE_BACKEND]
+    backend = app[_STORES].cache
     if not isinstance(backend, RedisCacheBackend):
         yield
         return

@@ -86,11 +86,17 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_config(args: argparse.Namespace, embedded_hint: str) -> GatewayConfig:
-    """The config of a command that reads Redis directly (with an optional --team)."""
+def _redis_config(
+    args: argparse.Namespace, embedded_hint: str, *, cache: bool = False
+) -> GatewayConfig:
+    """The config of a command that reads Redis directly (with an optional --team): the
+    quota store's, or with ``cache`` the cache's (``cache.redis_url``, else the store's)."""
+    from gateway.stores import cache_url
+
     config = _load_or_exit(_config_path(args.config))
-    if config.store.redis_url is None:
-        print(f"error: no store.redis_url: {embedded_hint}", file=sys.stderr)
+    if (cache_url(config) if cache else config.store.redis_url) is None:
+        setting = "cache.redis_url or store.redis_url" if cache else "store.redis_url"
+        print(f"error: no {setting}: {embedded_hint}", file=sys.stderr)
         raise SystemExit(1)
     if args.team is not None and args.team not in config.teams:
         print(f"error: team {args.team!r} is not in the config", file=sys.stderr)
@@ -125,12 +131,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[object, ...]] | None:
-    from gateway.app import build_quota_store
     from gateway.errors import StoreUnavailableError
     from gateway.pipeline import usage_entry
     from gateway.quota.service import QuotaService
+    from gateway.stores import build_quota_store
 
-    store = build_quota_store(config)
+    store = await build_quota_store(config)
     service = QuotaService(store, on_error="closed", hold_seconds=0)
     rows: list[tuple[object, ...]] = []
     try:
@@ -159,7 +165,9 @@ async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[obj
 
 def cmd_cache_purge(args: argparse.Namespace) -> int:
     config = _redis_config(
-        args, "the embedded cache lives inside the gateway process and empties when it restarts"
+        args,
+        "the embedded cache lives inside the gateway process and empties when it restarts",
+        cache=True,
     )
     scope = None if args.team is None else f"team:{args.team}"
     try:
@@ -172,14 +180,13 @@ def cmd_cache_purge(args: argparse.Namespace) -> int:
 
 
 async def _purge(config: GatewayConfig, scope: str | None) -> int:
-    from gateway.app import build_stores
+    from gateway.stores import build_cache_backend
 
-    store, backend = build_stores(config)
+    backend = await build_cache_backend(config)
     try:
         return await backend.purge(scope)
     finally:
         await backend.close()
-        await store.close()
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:

@@ -124,7 +124,11 @@ class StoreConfig(_Model):
     """Shared state (quotas, cache). No redis_url: an embedded in-memory store for one process."""
 
     redis_url: SecretStr | None = Field(
-        default=None, description="redis://[:password@]host:port/db, rediss:// or unix://."
+        default=None,
+        description="redis://[:password@]host:port/db, rediss:// or unix://: one server, or any "
+        "node of a Redis Cluster (detected). "
+        "redis+sentinel://[:password@]host:26379[,host2:26379...]/service[/db]: the primary "
+        "the Sentinels name for `service`, followed across failovers.",
     )
     key_prefix: str = Field(default="gw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout_seconds: PositiveSeconds = Field(
@@ -266,6 +270,19 @@ class CacheConfig(_Model):
     """Response cache for deterministic requests (global settings and defaults)."""
 
     enabled: bool = Field(default=True, description="Master switch.")
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Where cache entries live, if not with the quota counters "
+        "(store.redis_url, the default). Same URL forms as store.redis_url. Production: a "
+        "separate, evicting instance (maxmemory + allkeys-lru), so cache entries can never "
+        "evict or crowd out counters.",
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_means_store(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     ttl_seconds: int = Field(default=3600, ge=1, description="How long an entry lives.")
     max_entry_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Larger responses are not stored."

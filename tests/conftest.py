@@ -9,6 +9,7 @@ import pytest
 from gateway.mock import MockUpstream, start_mock_upstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, base_config, start_gateway
 from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.redis_topology import ClusterProcess, SentinelSetup
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,34 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
         pytest.skip(str(exc))
     yield proc
     proc.stop()
+
+
+def _start_or_skip(topology: ClusterProcess | SentinelSetup) -> None:
+    try:
+        topology.start()
+    except RuntimeError as exc:
+        topology.stop()
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
+    """A real 3-primary Redis Cluster on loopback for the whole session."""
+    cluster = ClusterProcess(workdir=tmp_path_factory.mktemp("cluster"))
+    _start_or_skip(cluster)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Any) -> Iterator[SentinelSetup]:
+    """A real primary, replica and Sentinel; one per test, since tests fail it over."""
+    setup = SentinelSetup(workdir=tmp_path / "sentinel")
+    _start_or_skip(setup)
+    yield setup
+    setup.stop()
 
 
 @pytest.fixture

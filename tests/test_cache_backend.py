@@ -16,10 +16,10 @@ from redis.asyncio import Redis
 
 from gateway.cache.backend import (
     CacheBackend,
-    CacheBackendError,
     MemoryCacheBackend,
     RedisCacheBackend,
 )
+from gateway.storage.errors import StoreError
 from tests.support.redis_proc import RedisProcess, free_port
 
 KEY_A = "team:a:" + "a" * 64
@@ -301,7 +301,7 @@ async def test_redis_outage_raises_cache_backend_error(tmp_path: Path) -> None:
                 return_exceptions=True,
             )
             assert time.monotonic() - started < 1.5
-            assert all(isinstance(r, CacheBackendError) for r in results), results
+            assert all(isinstance(r, StoreError) for r in results), results
         finally:
             proc.process.send_signal(signal.SIGCONT)
         # ... and once it answers again, so does the backend, with no stale replies mixed in
@@ -320,7 +320,7 @@ async def test_redis_outage_raises_cache_backend_error(tmp_path: Path) -> None:
         }
         for name, operation in operations.items():
             started = time.monotonic()
-            with pytest.raises(CacheBackendError) as caught:
+            with pytest.raises(StoreError) as caught:
                 await operation()
             elapsed = time.monotonic() - started
             assert elapsed < 1.5, f"{name} took {elapsed:.2f}s"
@@ -335,9 +335,9 @@ async def test_redis_never_reachable(tmp_path: Path) -> None:
     backend = RedisCacheBackend(redis, "nowhere", timeout_seconds=0.5)
     try:
         started = time.monotonic()
-        with pytest.raises(CacheBackendError):
+        with pytest.raises(StoreError):
             await backend.get(KEY_A)
-        with pytest.raises(CacheBackendError):
+        with pytest.raises(StoreError):
             await backend.acquire_lock(KEY_A, 1)
         assert time.monotonic() - started < 2.0
     finally:

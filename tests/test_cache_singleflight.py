@@ -18,11 +18,11 @@ from redis.asyncio import Redis
 
 from gateway.cache.backend import (
     CacheBackend,
-    CacheBackendError,
     MemoryCacheBackend,
     RedisCacheBackend,
 )
 from gateway.cache.singleflight import SingleFlight, Slot, coalesce
+from gateway.storage.errors import StoreError
 from tests.support.redis_proc import RedisProcess, free_port
 
 KEY = "team:a:" + "0" * 64
@@ -213,7 +213,7 @@ async def replica_request(
     barrier: Barrier | None = None,
     *,
     wait_seconds: float = 10,
-    errors: list[CacheBackendError] | None = None,
+    errors: list[StoreError] | None = None,
 ) -> tuple[bytes, str]:
     """What a handler does: coalesce; on no entry go upstream, store, publish."""
     if barrier is not None:
@@ -229,7 +229,7 @@ async def replica_request(
         if slot.entry is not None:
             return slot.entry, slot.outcome
         value = await upstream()
-        with contextlib.suppress(CacheBackendError):
+        with contextlib.suppress(StoreError):
             await backend.put(KEY, value, 60)
         slot.publish(value)
         return value, slot.outcome
@@ -381,11 +381,11 @@ async def test_lock_released_when_the_block_raises(redis_pair: tuple[Redis, Redi
 async def test_backend_down_means_uncoordinated_upstream() -> None:
     redis = redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     backend = RedisCacheBackend(redis, "down", timeout_seconds=0.5)
-    errors: list[CacheBackendError] = []
+    errors: list[StoreError] = []
     upstream = Upstream()
     try:
         value, outcome = await replica_request(SingleFlight(), backend, upstream, errors=errors)
     finally:
         await redis.aclose()
     assert (value, outcome, upstream.calls) == (b"entry-1", "backend_error", 1)
-    assert len(errors) == 1 and isinstance(errors[0], CacheBackendError)
+    assert len(errors) == 1 and isinstance(errors[0], StoreError)

@@ -41,8 +41,8 @@ from aiohttp import web
 
 from gateway import json_codec
 from gateway.mock import MockUpstream
+from gateway.quota.store import keys
 from gateway.state import STATE
-from gateway.store import keys
 from tests.support.gateway_proc import RunningGateway, base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess, free_port

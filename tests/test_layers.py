@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "gateway.auth": 1,
     "gateway.cache": 1,
     "gateway.quota": 1,
-    "gateway.store": 1,
+    "gateway.stores": 1,
     "gateway.storage": 1,
     "gateway.upstream": 1,
     "gateway.mock": 1,

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.mock import MockUpstream
-from gateway.store import keys
+from gateway.quota.store import keys
 from tests.support.gateway_proc import RunningGateway, token
 from tests.support.redis_proc import RedisProcess
 

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.mock import MockUpstream
-from gateway.store import keys
+from gateway.quota.store import keys
 from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess

@@ -7,12 +7,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
-from gateway.store import keys
-from gateway.store.base import QuotaStore, WindowCharge
-from gateway.store.memory import MemoryQuotaStore
-from gateway.store.redis import RedisQuotaStore, connect
+from gateway.quota.store import keys
+from gateway.quota.store.base import QuotaStore, WindowCharge
+from gateway.quota.store.memory import MemoryQuotaStore
+from gateway.quota.store.redis import RedisQuotaStore
+from gateway.storage.client import connect
 from tests.support.redis_proc import RedisProcess
 
 NOW = 1_800_000_000.0
@@ -25,7 +25,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
         yield MemoryQuotaStore()
         return
     server: RedisProcess = request.getfixturevalue("redis_server")
-    client = connect(server.url, timeout_seconds=2)
+    client = await connect(server.url, timeout_seconds=2)
     yield RedisQuotaStore(client, prefix="t" + uuid.uuid4().hex[:8])
     await client.aclose()
 
@@ -139,7 +139,7 @@ async def test_concurrent_reserves_never_exceed_the_limit(store: QuotaStore) -> 
 
 async def test_redis_keys_share_the_team_hash_tag(redis_server: RedisProcess) -> None:
     prefix = "h" + uuid.uuid4().hex[:8]
-    client = connect(redis_server.url, timeout_seconds=2)
+    client = await connect(redis_server.url, timeout_seconds=2)
     store = RedisQuotaStore(client, prefix=prefix)
     c = [charge("completion_tokens:day:all:1"), charge("requests:minute:all:1", fixed=1, per=0)]
     await store.reserve(
@@ -155,7 +155,7 @@ async def test_redis_keys_share_the_team_hash_tag(redis_server: RedisProcess) ->
 
 
 async def test_scripts_reload_after_script_flush(redis_server: RedisProcess) -> None:
-    client = connect(redis_server.url, timeout_seconds=2)
+    client = await connect(redis_server.url, timeout_seconds=2)
     store = RedisQuotaStore(client, prefix="f" + uuid.uuid4().hex[:8])
     c = [charge(limit=100)]
     await reserve(store, "a", c, 10)
@@ -165,12 +165,12 @@ async def test_scripts_reload_after_script_flush(redis_server: RedisProcess) -> 
 
 
 async def test_unreachable_redis_raises_store_error(tmp_path) -> None:
-    from gateway.store.base import StoreError
+    from gateway.storage.errors import StoreError
     from tests.support.redis_proc import free_port
 
     proc = RedisProcess(port=free_port(), workdir=tmp_path)
     proc.start()
-    client: aioredis.Redis = connect(proc.url, timeout_seconds=0.5)
+    client = await connect(proc.url, timeout_seconds=0.5)
     store = RedisQuotaStore(client, prefix="down")
     assert (await reserve(store, "a", [charge()], 10)).granted
     proc.stop()

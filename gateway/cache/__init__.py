@@ -5,7 +5,6 @@ response (``entry``), SSE record/replay (``recorder``), storage (``backend``), a
 
 from gateway.cache.backend import (
     CacheBackend,
-    CacheBackendError,
     MemoryCacheBackend,
     RedisCacheBackend,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "CONTENT_HEADERS",
     "IGNORED_FIELDS",
     "CacheBackend",
-    "CacheBackendError",
     "CacheSettings",
     "CachedResponse",
     "Decision",

@@ -5,16 +5,18 @@ Both implement ``CacheBackend``. Keys are the strings ``policy.cache_key`` retur
 
 Redis layout (``RedisCacheBackend``)::
 
-    <prefix>:cache:v1:<scope>:<sha256>       the entry, SET with EX = the TTL
-    <prefix>:cachelock:v1:<scope>:<sha256>   a single-flight lock, SET NX PX, value = owner token
+    <prefix>:cache:v1:<scope>:{<sha256>}       the entry, SET with EX = the TTL
+    <prefix>:cachelock:v1:<scope>:{<sha256>}   a single-flight lock, SET NX PX, value = owner token
 
-No ``{hash tag}``: the cache never touches two keys in one command or script, and a tag would
-pile a whole scope (every ``shared`` entry, or all of a big team's) onto one Cluster slot. The
-scope is in the key in clear so that ``purge`` can find one scope's entries with SCAN MATCH.
+The digest is a Redis Cluster hash tag: an entry and its lock share a slot, so one script may
+touch both, while entries of one scope still spread over the whole cluster. The scope is in
+the key in clear so that ``purge`` can find one scope's entries with SCAN MATCH (on every
+primary of a cluster).
 
 Every Redis failure (connection refused or lost, socket timeout, the per-call bound
-``timeout_seconds``, an error reply) surfaces as ``CacheBackendError`` and nothing else, so the
-caller can count it and carry on as a miss (design.md: Redis trouble never fails a request).
+``timeout_seconds``, an error reply) surfaces as a ``StoreError`` (``gateway.storage.errors``)
+and nothing else, so the caller can count it and carry on as a miss (design.md: Redis trouble
+never fails a request).
 """
 
 from __future__ import annotations
@@ -23,29 +25,22 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import cache
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from gateway.store.batching import ScriptBatcher
+from gateway.storage.batching import ScriptBatcher
+from gateway.storage.client import RedisClient, decodes_responses, scan_keys
+from gateway.storage.errors import StoreError, StoreReplyError, guarded
 
 __all__ = [
     "CacheBackend",
-    "CacheBackendError",
     "MemoryCacheBackend",
     "RedisCacheBackend",
 ]
 
 _SCAN_COUNT = 500
-
-
-class CacheBackendError(Exception):
-    """The cache store could not be used; the original error is the ``__cause__``."""
 
 
 class CacheBackend(Protocol):
@@ -83,7 +78,6 @@ class CacheBackend(Protocol):
     async def close(self) -> None: ...
 
 
-@cache
 def _tagged(key: str) -> str:
     """``<scope>:<sha256>`` with the digest as a Redis Cluster hash tag."""
     head, _, digest = key.rpartition(":")
@@ -114,13 +108,13 @@ class RedisCacheBackend:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         key_prefix: str,
         *,
         timeout_seconds: float | None = None,
         close_client: bool = False,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if decodes_responses(redis):
             raise ValueError("RedisCacheBackend needs a client with decode_responses=False")
         self._redis = redis
         self._entry_prefix = f"{key_prefix}:cache:v1:"
@@ -143,20 +137,15 @@ class RedisCacheBackend:
     def lock_key(self, key: str) -> str:
         return self._lock_prefix + _tagged(key)
 
-    @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise CacheBackendError(f"redis cache: {type(exc).__name__}: {exc}") from exc
+    def _guard(self) -> AbstractAsyncContextManager[None]:
+        return guarded("redis cache", self._timeout)
 
     async def get(self, key: str) -> bytes | None:
         async with self._guard():
             value = await self._redis.get(self.entry_key(key))
         if value is None or isinstance(value, bytes):
             return value
-        raise CacheBackendError(f"redis cache: unexpected value type {type(value).__name__}")
+        raise StoreReplyError(f"redis cache: unexpected value type {type(value).__name__}")
 
     async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         async with self._guard():
@@ -203,14 +192,11 @@ class RedisCacheBackend:
         prefix = _glob_escape(self._entry_prefix)
         pattern = prefix + ("*" if scope is None else _glob_escape(scope) + ":*")
         deleted = 0
-        cursor = 0
-        while True:
+        async for keys in scan_keys(
+            self._redis, pattern, _SCAN_COUNT, what="redis cache", bound_seconds=self._timeout
+        ):
             async with self._guard():
-                cursor, keys = await self._redis.scan(cursor, match=pattern, count=_SCAN_COUNT)
-                if keys:
-                    deleted += int(await self._redis.unlink(*keys))
-            if cursor == 0:
-                break
+                deleted += int(await self._redis.unlink(*keys))
         # Every gateway keeps recent entries in memory too; tell them (see listen_for_purges).
         async with self._guard():
             await self._redis.publish(self.purge_channel, scope or "*")
@@ -226,12 +212,13 @@ class RedisCacheBackend:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self.purge_channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        scope = message["data"].decode()
-                        on_purge(None if scope == "*" else scope)
-            except (RedisError, OSError):
+                async with guarded("redis cache purge listener"):
+                    await pubsub.subscribe(self.purge_channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            scope = message["data"].decode()
+                            on_purge(None if scope == "*" else scope)
+            except StoreError:
                 await asyncio.sleep(1.0)  # Redis away: the first level expires entries anyway
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

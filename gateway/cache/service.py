@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.apis import ApiSpec, RequestInfo, Usage
-from gateway.cache.backend import CacheBackend, CacheBackendError
+from gateway.cache.backend import CacheBackend
 from gateway.cache.entry import CachedResponse, decode, encode, json_storable
 from gateway.cache.policy import (
     CacheSettings,
@@ -40,7 +40,8 @@ from gateway.cache.singleflight import SingleFlight, Slot, coalesce
 from gateway.config import GatewayConfig, TeamConfig
 from gateway.metrics import Metrics
 from gateway.sse import StreamMeter
-from gateway.store.breaker import StoreBreaker
+from gateway.storage.breaker import StoreBreaker
+from gateway.storage.errors import StoreError as CacheBackendError
 
 log = logging.getLogger("gateway.cache")
 

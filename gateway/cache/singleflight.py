@@ -34,7 +34,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.cache.backend import CacheBackend, CacheBackendError
+from gateway.cache.backend import CacheBackend
+from gateway.storage.errors import StoreError
 
 __all__ = ["Outcome", "SingleFlight", "Slot", "coalesce"]
 
@@ -130,16 +131,16 @@ async def coalesce(
     *,
     lock_seconds: float,
     wait_seconds: float,
-    on_error: Callable[[CacheBackendError], None] | None = None,
+    on_error: Callable[[StoreError], None] | None = None,
 ) -> AsyncIterator[Slot]:
     """``SingleFlight`` plus the backend lock, so identical requests on all replicas coalesce.
 
-    Never raises ``CacheBackendError``: backend failures are passed to ``on_error`` (count
+    Never raises ``StoreError``: backend failures are passed to ``on_error`` (count
     them) and the request goes upstream uncoordinated. The lock is released on leaving the
     block, so store the entry inside it.
     """
 
-    def report(exc: CacheBackendError) -> None:
+    def report(exc: StoreError) -> None:
         if on_error is not None:
             on_error(exc)
 
@@ -169,7 +170,7 @@ async def coalesce(
                         break
                     await asyncio.sleep(min(delay, remaining))
                     delay = min(delay * 2, _MAX_POLL_SECONDS)
-            except CacheBackendError as exc:
+            except StoreError as exc:
                 report(exc)
                 entry, outcome = None, "backend_error"
             slot.outcome = outcome
@@ -182,5 +183,5 @@ async def coalesce(
                 slot.holds_lock = False
                 try:
                     await backend.release_lock(key)
-                except CacheBackendError as exc:
+                except StoreError as exc:
                     report(exc)  # the lock expires by itself after lock_seconds

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from gateway.apis import RequestInfo, Usage
 from gateway.config import ModelProfile, QuotaRule, TeamConfig
 from gateway.errors import QuotaExceededError
+from gateway.quota.store import keys
+from gateway.quota.store.base import ReserveOutcome, WindowCharge
 from gateway.quota.windows import Window, go_duration, window_at
-from gateway.store import keys
-from gateway.store.base import ReserveOutcome, WindowCharge
 
 PROMPT_BYTES_PER_TOKEN = 3
 #: Longest retry-after an SDK honours (openai-python 1.x and node: 60 s); beyond it, say

@@ -31,17 +31,12 @@ from gateway.quota.policy import (
     rate_limit_headers,
     reserved_amounts,
 )
+from gateway.quota.store import keys
+from gateway.quota.store.base import QuotaStore, ReserveOutcome, WindowCharge, WindowUsage
+from gateway.quota.store.memory import MemoryQuotaStore
 from gateway.quota.windows import window_at
-from gateway.store import keys
-from gateway.store.base import (
-    QuotaStore,
-    ReserveOutcome,
-    StoreError,
-    WindowCharge,
-    WindowUsage,
-)
-from gateway.store.breaker import StoreBreaker, is_timeout
-from gateway.store.memory import MemoryQuotaStore
+from gateway.storage.breaker import StoreBreaker
+from gateway.storage.errors import StoreError, StoreSkippedError, StoreTimeoutError
 
 log = logging.getLogger("gateway.quota")
 
@@ -101,14 +96,13 @@ class QuotaService:
         now = self.clock()
         store: QuotaStore | None = self.store
         try:
-            if not self.breaker.available():
-                raise StoreError("store failed moments ago; not asked again yet")
+            self.breaker.check()
             outcome = await self._reserve_in(self.store, team, request_id, plan, now)
             self.breaker.succeeded()
         except StoreError as exc:
-            if exc.__cause__ is not None:
+            if not isinstance(exc, StoreSkippedError):
                 self.breaker.failed(exc)
-                if is_timeout(exc):
+                if isinstance(exc, StoreTimeoutError):
                     # No answer is not a refusal: Redis may still run it (on waking up, say),
                     # so undo it in the background once Redis answers again.
                     self._spawn(self._cancel_lost(team, request_id))

@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -23,6 +23,10 @@ class RedisProcess:
     port: int
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    #: more redis-server options (later ones win: ``["--appendonly", "yes"]`` turns AOF on)
+    extra_args: list[str] = field(default_factory=list)
+    #: a config file (Sentinel needs one it can rewrite), given before the options
+    config_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -35,6 +39,7 @@ class RedisProcess:
         self.process = subprocess.Popen(
             [
                 binary,
+                *([str(self.config_file)] if self.config_file is not None else []),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -47,6 +52,7 @@ class RedisProcess:
                 str(self.workdir),
                 "--logfile",
                 str(self.workdir / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -9,6 +9,10 @@ the batch is flushed on the very next loop iteration.
 Scripts are called by SHA. A server that does not know one (restarted, failed over, flushed)
 answers NOSCRIPT; those calls are retried one by one through redis-py's ``Script``, which loads
 the script first.
+
+Failures reach each caller as redis-py raised them; the caller's ``guarded`` block turns them
+into ``StoreError``. On a cluster the pipeline is redis-py's cluster pipeline, which sends each
+call to the node of its keys (all keys of one call share a hash tag).
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
+
+from gateway.storage.client import RedisClient
 
 Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._queue: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,9 +57,11 @@ class ScriptBatcher:
             else:
                 pipe = self._client.pipeline(transaction=False)
                 for script, keys, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    # Not pipe.evalsha: redis-py's cluster pipeline refuses that method, while
+                    # the command itself routes fine (all of a call's keys share a slot).
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # whatever went wrong, every caller must hear of it
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -63,7 +70,7 @@ class ScriptBatcher:
             if isinstance(reply, NoScriptError):
                 try:
                     reply = await script(keys=keys, args=args)
-                except (RedisError, OSError, TimeoutError) as exc:
+                except Exception as exc:
                     reply = exc
             if future.done():
                 continue

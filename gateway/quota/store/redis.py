@@ -2,7 +2,7 @@
 
 redis-py's ``Script`` objects call EVALSHA and reload the script on NOSCRIPT (a restarted or
 failed-over Redis), so each decision is one round trip. Every Redis failure or timeout is
-raised as ``StoreError``.
+raised as a ``StoreError`` (``gateway.storage.errors``).
 """
 
 from __future__ import annotations
@@ -11,34 +11,19 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from gateway.store import keys
-from gateway.store.base import ReserveOutcome, StoreError, WindowCharge, WindowUsage
-from gateway.store.batching import ScriptBatcher
+from gateway.quota.store import keys
+from gateway.quota.store.base import ReserveOutcome, WindowCharge, WindowUsage
+from gateway.storage.batching import ScriptBatcher
+from gateway.storage.client import RedisClient
+from gateway.storage.errors import guarded
 
 
 def _script_source(name: str, *, with_purge: bool = False) -> str:
-    lua = resources.files("gateway.store") / "lua"
+    lua = resources.files(__package__) / "lua"
     source = (lua / name).read_text(encoding="utf-8")
     if with_purge:
         source = (lua / "purge_expired.lua").read_text(encoding="utf-8") + "\n" + source
     return source
-
-
-def connect(url: str, *, timeout_seconds: float, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose pool makes callers wait (bounded) for a free connection under bursts,
-    instead of failing them or opening unbounded connections."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_seconds,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        health_check_interval=30,
-    )
-    return aioredis.Redis(connection_pool=pool)
 
 
 def _ms(seconds: float) -> int:
@@ -46,7 +31,7 @@ def _ms(seconds: float) -> int:
 
 
 class RedisQuotaStore:
-    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
         self._reserve = client.register_script(
@@ -61,10 +46,8 @@ class RedisQuotaStore:
         return [keys.quota_counter(self._prefix, team, c.key) for c in charges]
 
     async def _call(self, script: Any, keys_: list[str], args: list[Any]) -> Any:
-        try:
+        async with guarded("redis quota store"):
             return await self._batcher.call(script, keys_, args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis: {type(exc).__name__}") from exc
 
     async def reserve(
         self,
@@ -151,10 +134,8 @@ class RedisQuotaStore:
         return [WindowUsage(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
     async def ping(self) -> None:
-        try:
+        async with guarded("redis quota store"):
             await self._redis.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from gateway.storage.errors import StoreError, StoreSkippedError, StoreTimeoutError
 
 
 class StoreBreaker:
@@ -27,18 +27,14 @@ class StoreBreaker:
     def available(self) -> bool:
         return self._clock() >= self._open_until
 
-    def failed(self, error: BaseException | None = None) -> None:
-        if error is None or is_timeout(error):
+    def check(self) -> None:
+        """Raise ``StoreSkippedError`` while the breaker is open."""
+        if not self.available():
+            raise StoreSkippedError("store failed moments ago; not asked again yet")
+
+    def failed(self, error: StoreError | None = None) -> None:
+        if error is None or isinstance(error, StoreTimeoutError):
             self._open_until = self._clock() + self.cooldown_seconds
 
     def succeeded(self) -> None:
         self._open_until = 0.0
-
-
-def is_timeout(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (TimeoutError, RedisTimeoutError)):
-            return True
-        seen = seen.__cause__
-    return False

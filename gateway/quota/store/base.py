@@ -7,6 +7,9 @@ first purges the team's expired reservations.
 
 Reservations are charged to the window they were admitted in, even if they settle after it
 ended: the request was admitted against that window's budget.
+
+A store that cannot answer raises ``gateway.storage.errors.StoreError`` (the memory store
+never does); callers decide what that means.
 """
 
 from __future__ import annotations
@@ -14,10 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-
-class StoreError(Exception):
-    """The store could not be reached or answered badly; callers decide what that means."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +27,7 @@ class WindowCharge:
     output budget granted to the request (the same for every window of the request).
     """
 
-    key: str  # the window's identity within the team (built by gateway.store.keys)
+    key: str  # the window's identity within the team (built by gateway.quota.store.keys)
     limit: int
     fixed: int
     per_output: int

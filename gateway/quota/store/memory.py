@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.store.base import ReserveOutcome, WindowCharge, WindowUsage
+from gateway.quota.store.base import ReserveOutcome, WindowCharge, WindowUsage
 
 
 @dataclass(slots=True)

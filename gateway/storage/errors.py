@@ -1,0 +1,78 @@
+"""The one error tree for Redis, and the one place redis-py's exceptions become it.
+
+Quotas and the cache talk to Redis through ``guarded``; nothing else in the gateway catches a
+redis-py exception. Callers pick their fallback by class:
+
+- ``StoreTimeoutError``: no answer in time. The command may still run (a frozen server that
+  wakes up), so a quota reservation is undone later; the breaker opens.
+- ``StoreConnectionError``: refused, reset or lost connection. Fast to notice, so the breaker
+  stays closed and a restarted Redis is used again at once.
+- ``StoreReplyError``: Redis answered with an error (OOM, READONLY, CLUSTERDOWN, ...) or with
+  something the gateway did not expect.
+- ``StoreSkippedError``: not asked at all, because the breaker is open.
+
+(``gateway.errors.StoreUnavailableError`` is a different thing: the 503 a client sees.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = [
+    "StoreConnectionError",
+    "StoreError",
+    "StoreReplyError",
+    "StoreSkippedError",
+    "StoreTimeoutError",
+    "guarded",
+    "translate",
+]
+
+
+class StoreError(Exception):
+    """Redis could not be used; the original exception, if any, is the ``__cause__``."""
+
+
+class StoreTimeoutError(StoreError):
+    """No answer within the bound; the command may still have run or may still run."""
+
+
+class StoreConnectionError(StoreError):
+    """Redis could not be reached, or the connection broke."""
+
+
+class StoreReplyError(StoreError):
+    """Redis answered with an error, or with a reply of the wrong shape."""
+
+
+class StoreSkippedError(StoreError):
+    """Redis was not asked: it failed moments ago (the breaker is open)."""
+
+
+def translate(exc: BaseException, what: str) -> StoreError:
+    """The ``StoreError`` for a failure of a call to Redis (``what`` names the caller)."""
+    text = f"{what}: {type(exc).__name__}: {exc}"
+    # redis-py's TimeoutError is not a ConnectionError, and asyncio's TimeoutError is an
+    # OSError subclass of neither; check timeouts first.
+    if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        return StoreTimeoutError(text)
+    if isinstance(exc, (RedisConnectionError, OSError)):
+        return StoreConnectionError(text)
+    return StoreReplyError(text)
+
+
+@asynccontextmanager
+async def guarded(what: str, bound_seconds: float | None = None) -> AsyncIterator[None]:
+    """Run Redis calls within ``bound_seconds`` (whatever the client's retry policy does) and
+    raise every failure as a ``StoreError`` whose ``__cause__`` is the original."""
+    try:
+        async with asyncio.timeout(bound_seconds):
+            yield
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        raise translate(exc, what) from exc
