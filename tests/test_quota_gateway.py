@@ -184,7 +184,9 @@ async def test_429_is_openai_shaped_and_the_sdk_does_not_spin(
             model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=100
         )
     error = info.value
-    assert error.status_code == 429 and error.code == "rate_limit_exceeded"
+    # Used up for hours: OpenAI's insufficient_quota, which no SDK retries.
+    assert error.status_code == 429 and error.code == "insufficient_quota"
+    assert error.type == "insufficient_quota"
     assert "team 'ml'" in error.message and "completion_tokens limit 20 per day" in error.message
     headers = error.response.headers
     assert headers["x-should-retry"] == "false"
