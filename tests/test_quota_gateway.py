@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -23,15 +22,16 @@ MESSAGES = [{"role": "user", "content": "Colour of the sky?"}]
 DAY = 86400
 
 
-@pytest.fixture
-async def redis_client(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
 def store_section(redis_server: RedisProcess, **extra: Any) -> dict[str, Any]:
-    return {"redis_url": redis_server.url, "key_prefix": "q" + uuid.uuid4().hex[:10], **extra}
+    # A generous store timeout: these tests are about exact caps, and a Redis call slowed past
+    # the 0.5 s default by a loaded machine would switch to the local fallback (test_faults
+    # covers that path with its own timeouts).
+    return {
+        "redis_url": redis_server.url,
+        "key_prefix": "q" + uuid.uuid4().hex[:10],
+        "timeout_seconds": 5.0,
+        **extra,
+    }
 
 
 def teams(quotas: list[dict[str, Any]], **team: Any) -> dict[str, Any]:

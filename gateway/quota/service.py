@@ -42,8 +42,6 @@ from gateway.storage.errors import StoreError, StoreSkippedError, StoreTimeoutEr
 log = logging.getLogger("gateway.quota")
 
 Clock = Callable[[], float]
-#: What a request does when others of its team wait: it joins them instead of asking.
-_BEHIND_WAITERS = ReserveOutcome("congested", 0, None, ())
 SETTLE_RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -112,10 +110,12 @@ class QuotaService:
             self.breaker.check()
             if self.queue.has_waiters(team):
                 # Others of the team wait already: queue behind them (first come, first in).
-                outcome = _BEHIND_WAITERS
+                outcome = await self._queued(self.store, team, request_id, plan)
             else:
                 outcome = await self._reserve_in(self.store, team, request_id, plan, now)
-                self.breaker.succeeded()
+                if outcome.state == "congested":
+                    outcome = await self._queued(self.store, team, request_id, plan)
+            self.breaker.succeeded()
         except StoreError as exc:
             if not isinstance(exc, StoreSkippedError):
                 self.breaker.failed(exc)
@@ -135,8 +135,8 @@ class QuotaService:
                 return Reservation(team, request_id, plan, plan.requested_output, None, [])
             store = self.local
             outcome = await self._reserve_in(self.local, team, request_id, plan, now)
-        if outcome.state == "congested" and store is not None:
-            outcome = await self._queued(store, team, request_id, plan)
+            if outcome.state == "congested":
+                outcome = await self._queued(self.local, team, request_id, plan)
         if not outcome.granted:
             now = self.clock()
             error = quota_exceeded(team, plan, outcome, now)
