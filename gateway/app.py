@@ -179,9 +179,9 @@ def create_app(
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
         session = upstream_session or Upstream.create_session(config.upstream)
-        stores = await build_stores(config)
-        cache_backend = stores.cache
         metrics = Metrics(registry)
+        stores = await build_stores(config, metrics)
+        cache_backend = stores.cache
         quotas = QuotaService(
             stores.quota,
             on_error=config.store.on_error,
