@@ -22,6 +22,7 @@ never fails a request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import OrderedDict
@@ -84,6 +85,17 @@ def _tagged(key: str) -> str:
     return f"{head}:{{{digest}}}"
 
 
+def _forget_listener(
+    listeners: set[asyncio.Task[None]],
+) -> Callable[[asyncio.Task[None]], None]:
+    def forget(task: asyncio.Task[None]) -> None:
+        listeners.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed subscription is retried, not reported
+
+    return forget
+
+
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
 
@@ -126,6 +138,8 @@ class RedisCacheBackend:
         self._put_and_unlock_script = redis.register_script(_lua("put_and_unlock.lua"))
         # Lookups and stores of concurrent requests share round trips (see ScriptBatcher).
         self._batcher = ScriptBatcher(redis)
+        #: purge subscriptions still running (see listen_for_purges).
+        self._listeners: set[asyncio.Task[None]] = set()
         #: key -> token of the locks this instance holds.
         self._tokens: dict[str, str] = {}
 
@@ -208,20 +222,36 @@ class RedisCacheBackend:
 
     async def listen_for_purges(self, on_purge: Callable[[str | None], None]) -> None:
         """Call ``on_purge(scope)`` for every purge any process makes; runs until cancelled,
-        resubscribing after connection trouble."""
+        resubscribing after connection trouble.
+
+        The subscription runs in a task of its own, so that cancelling this coroutine returns
+        at once: redis-py can sit in its reconnect loop for a long time after a cancel (seen
+        with every Sentinel gone), and shutdown must not wait for it."""
         while True:
-            pubsub = self._redis.pubsub()
+            listening = asyncio.get_running_loop().create_task(self._listen_once(on_purge))
+            self._listeners.add(listening)
+            listening.add_done_callback(_forget_listener(self._listeners))
             try:
-                async with guarded("redis cache purge listener"):
-                    await pubsub.subscribe(self.purge_channel)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            scope = message["data"].decode()
-                            on_purge(None if scope == "*" else scope)
-            except StoreError:
+                await asyncio.wait({listening})
+            except asyncio.CancelledError:
+                listening.cancel()
+                raise
+            if listening.exception() is not None:
                 await asyncio.sleep(1.0)  # Redis away: the first level expires entries anyway
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _listen_once(self, on_purge: Callable[[str | None], None]) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            async with guarded("redis cache purge listener"):
+                await pubsub.subscribe(self.purge_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        scope = message["data"].decode()
+                        on_purge(None if scope == "*" else scope)
+        finally:
+            with contextlib.suppress(StoreError):
+                async with guarded("redis cache purge listener"):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         if self._close_client:
