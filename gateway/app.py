@@ -237,7 +237,7 @@ def _stores(config: GatewayConfig) -> CleanupContext:
     """Quota store and cache backend (one or two Redis, or memory), each with its breaker."""
 
     async def stores(app: web.Application) -> AsyncIterator[None]:
-        stores = await build_stores(config)
+        stores = await build_stores(config, app[_METRICS])
         app[_STORES] = stores
         yield
         await stores.close()

@@ -146,6 +146,17 @@ class StoreConfig(_Model):
     def _empty_means_embedded(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    allow_evicting_policy: bool = Field(
+        default=False,
+        description="Start even if the quota Redis has an evicting maxmemory-policy "
+        "(allkeys-*, volatile-*), which can silently drop counters and reset budgets.",
+    )
+    state_check_seconds: PositiveSeconds = Field(
+        default=10.0,
+        description="How often the gateway checks that the quota Redis still holds its marker "
+        "key (gone: state was lost; logged, counted in gateway_quota_state_lost_total).",
+    )
+
     on_error: Literal["local", "open", "closed"] = Field(
         default="local",
         description=(

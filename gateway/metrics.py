@@ -225,6 +225,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.quota_state_lost = Counter(
+            "gateway_quota_state_lost",
+            "Times the quota Redis was found without its marker key (flushed, or restarted "
+            "without persistence): counters were lost and budgets reset.",
+            registry=r,
+        )
         self.store_fallbacks = Counter(
             "gateway_store_fallbacks",
             "Quota decisions taken without the store, by on_error mode (local, open, closed).",

@@ -7,8 +7,6 @@ raised as a ``StoreError`` (``gateway.storage.errors``).
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -17,13 +15,10 @@ from gateway.quota.store import keys
 from gateway.quota.store.base import ReserveOutcome, ReserveState, WindowCharge, WindowUsage
 from gateway.storage.batching import ScriptBatcher
 from gateway.storage.client import RedisClient
-from gateway.storage.errors import StoreError, guarded
-
-log = logging.getLogger("gateway.quota")
+from gateway.storage.errors import guarded
+from gateway.storage.pubsub import listen
 
 _STATES: dict[int, ReserveState] = {1: "granted", 0: "exhausted", 2: "congested"}
-#: After losing its subscription, the listener tries again this often (waiters poll meanwhile).
-_RESUBSCRIBE_SECONDS = 1.0
 
 
 def _script_source(name: str, *, with_purge: bool = False) -> str:
@@ -148,26 +143,12 @@ class RedisQuotaStore:
         return [WindowUsage(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
     async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
-        channel = keys.freed_channel(self._prefix)
-        while True:
-            try:
-                pubsub = self._redis.pubsub()
-            except (AttributeError, NotImplementedError):
-                # A client without pub/sub (redis-py's asyncio cluster client in some
-                # versions): waiters fall back to polling.
-                log.warning("quota wake-ups by pub/sub unavailable; waiters poll")
-                return
-            try:
-                async with guarded("redis quota wake-ups"):
-                    await pubsub.subscribe(channel)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            data = message["data"]
-                            on_freed(data.decode() if isinstance(data, bytes) else str(data))
-            except StoreError:
-                await asyncio.sleep(_RESUBSCRIBE_SECONDS)
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await listen(
+            self._redis,
+            keys.freed_channel(self._prefix),
+            lambda data: on_freed(data.decode()),
+            what="redis quota wake-ups",
+        )
 
     async def ping(self) -> None:
         async with guarded("redis quota store"):
