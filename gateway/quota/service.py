@@ -24,6 +24,7 @@ from gateway.apis import Usage
 from gateway.config import QuotaRule
 from gateway.errors import StoreUnavailableError
 from gateway.metrics import Metrics
+from gateway.quota.early_stop import EarlyStop, early_stop_amounts
 from gateway.quota.policy import (
     QuotaPlan,
     actual_amounts,
@@ -148,9 +149,17 @@ class QuotaService:
             hold_until=now + self.hold_seconds,
         )
 
-    async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:
+    async def settle(
+        self,
+        reservation: Reservation,
+        usage: Usage | None,
+        *,
+        release: bool,
+        early_stop: EarlyStop | None = None,
+    ) -> None:
         """Charge real usage; with no usage, keep the reservation as charged (never
-        under-count), unless ``release`` says the upstream produced nothing."""
+        under-count), unless ``release`` says the upstream produced nothing or ``early_stop``
+        bounds what a request its client left could have produced (``quota.early_stop``)."""
         if reservation.settled:
             return
         reservation.settled = True
@@ -158,6 +167,10 @@ class QuotaService:
             return
         if release:
             actual = [0] * len(reservation.reserved)
+        elif usage is None and early_stop is not None:
+            actual = early_stop_amounts(
+                reservation.plan, reservation.reserved, reservation.output, early_stop
+            )
         elif usage is None:
             actual = list(reservation.reserved)
         else:
