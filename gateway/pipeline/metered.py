@@ -201,7 +201,8 @@ async def _forward(
         exchange.released = True  # nothing reached the upstream model
         raise
     except ClientGone:
-        return _client_left(metered, sent_at)
+        _stop_upstream(metered, None, sent_at, relayed_events=0)
+        return _client_left(metered)
     upstream = forwarded.upstream
     try:
         headers = forwarded.headers
@@ -240,7 +241,7 @@ async def _forward(
             raise
         except ClientGone:
             _stop_upstream(metered, upstream, sent_at, relayed_events=0)
-            return _client_left(metered, sent_at)
+            return _client_left(metered)
         exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
         if upstream.status < 300:
             exchange.usage = api.usage_from_json(data)
@@ -254,10 +255,16 @@ async def _forward(
 
 
 def _stop_upstream(
-    metered: MeteredCall, upstream: UpstreamResponse, sent_at: float, *, relayed_events: int
+    metered: MeteredCall,
+    upstream: UpstreamResponse | None,
+    sent_at: float,
+    *,
+    relayed_events: int,
 ) -> None:
-    """Close the upstream connection of a request whose client left, and note what it ran."""
-    upstream.close()
+    """Close the upstream connection of a request whose client left (``None``: the cancelled
+    send already did), and note how long the upstream ran and what was relayed."""
+    if upstream is not None:
+        upstream.close()
     metered.call.exchange.early_stop = EarlyStop(
         upstream_seconds=time.perf_counter() - sent_at,
         relayed_events=relayed_events,
@@ -265,16 +272,11 @@ def _stop_upstream(
     )
 
 
-def _client_left(metered: MeteredCall, sent_at: float) -> web.Response:
-    """The client left before its (non-stream) answer: aborting the upstream request already
-    closed its connection. The response is for the log; nobody is there to read it."""
+def _client_left(metered: MeteredCall) -> web.Response:
+    """The client left before its (non-stream) answer. The response is for the log; nobody is
+    there to read it."""
     exchange = metered.call.exchange
-    if exchange.early_stop is None:  # cancelled before the upstream's headers came
-        exchange.early_stop = EarlyStop(
-            upstream_seconds=time.perf_counter() - sent_at,
-            relayed_events=0,
-            tokens_per_second=metered.profile.max_output_tokens_per_second,
-        )
+    assert exchange.early_stop is not None
     exchange.upstream_seconds = exchange.early_stop.upstream_seconds
     exchange.outcome = StreamEnd.CLIENT_GONE.value
     return web.Response(status=CLIENT_CLOSED_REQUEST)
