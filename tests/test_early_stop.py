@@ -148,6 +148,7 @@ async def test_an_abandoned_non_stream_request_is_cancelled_upstream(
     assert completion == record["early_stop_output"]
     assert RATE * 0.4 <= completion <= math.ceil(RATE * cancelled_after)
     assert completion < MINI_RESERVATION
+    print(f"\nabandoned gpt-4o-mini request: charged {completion} of {MINI_RESERVATION} reserved")
     await impatient.close()
 
 
