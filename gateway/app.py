@@ -256,8 +256,13 @@ def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> Cleanup
             metrics=app[_METRICS],
             breaker=app[_STORES].quota_breaker,
         )
+        quotas.configure_admission(config.admission)
         app[_QUOTAS] = quotas
+        wakeups = asyncio.get_running_loop().create_task(quotas.listen_for_frees())
         yield
+        wakeups.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await wakeups
         await quotas.drain()  # settle what requests in flight reserved
 
     return quota_service

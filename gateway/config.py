@@ -228,6 +228,33 @@ class QuotaDefaults(_Model):
     quotas: list[QuotaRule] = Field(
         default_factory=list, description="Rules for teams that set no `quotas` of their own."
     )
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Metered requests in flight per team, across replicas (unset = no cap).",
+    )
+
+
+class AdmissionConfig(_Model):
+    """What a request does when other requests' reservations hold its team's budget."""
+
+    queue_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Longest wait for reservations to settle; then the request gets what is left, "
+            "or 429 with a short retry-after. 0 = never wait."
+        ),
+    )
+    max_queued_per_team: int = Field(
+        default=1000, ge=0, description="Waiting requests per team and replica; more get 429."
+    )
+    poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Waiters re-check this often when no wake-up arrives (pub/sub is lost).",
+    )
 
 
 class ModelProfile(_Model):
@@ -361,6 +388,14 @@ class TeamConfig(_Model):
         default="downgrade",
         description="downgrade: rewrite the request to max_reasoning_effort; reject: 400.",
     )
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Metered requests in flight across replicas; unset = "
+            "`defaults.max_concurrent_requests`. More wait like congested ones."
+        ),
+    )
     cache: TeamCacheConfig = Field(default_factory=TeamCacheConfig)
 
     # Matching runs on every request: each pattern list is compiled once per config object
@@ -388,6 +423,7 @@ class GatewayConfig(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     defaults: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     models: list[ModelProfile] = Field(
         default_factory=_default_model_profiles,
         description="Model profiles, first match wins; a catch-all `*` profile is implied.",
@@ -400,6 +436,10 @@ class GatewayConfig(_Model):
     def quota_rules(self, team: str) -> list[QuotaRule]:
         own = self.teams[team].quotas
         return own if own is not None else self.defaults.quotas
+
+    def max_concurrent(self, team: str) -> int | None:
+        own = self.teams[team].max_concurrent_requests
+        return own if own is not None else self.defaults.max_concurrent_requests
 
     @cached_property
     def _profile_matchers(self) -> list[tuple[re.Pattern[str], ModelProfile]]:

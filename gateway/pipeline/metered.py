@@ -17,7 +17,7 @@ from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
-from gateway.errors import GatewayError, InvalidRequestError, QuotaExceededError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
 from gateway.pipeline.disconnect import ClientGone, cancel_on_disconnect
 from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
@@ -158,8 +158,6 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     call = metered.call
     state, team_name, exchange = call.state, call.team_name, call.exchange
     rules = call.config.quota_rules(team_name)
-    if not rules:
-        return None
     plan = plan_request(
         rules,
         metered.info,
@@ -168,14 +166,11 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
         body_bytes=len(metered.raw),
         now=state.quotas.clock(),
         hold_seconds=state.quotas.hold_seconds,
+        max_concurrent=call.config.max_concurrent(team_name),
     )
-    if not plan.windows:
+    if not plan.charges:
         return None
-    try:
-        reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
-    except QuotaExceededError as exc:
-        state.metrics.quota_rejections.labels(team=team_name, metric=exc.metric or "").inc()
-        raise
+    reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
     exchange.extra["reserved_output"] = reservation.output
     if reservation.clamped_by is not None:
         state.metrics.quota_clamps.labels(team=team_name, metric=reservation.clamped_by).inc()

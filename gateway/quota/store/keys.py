@@ -40,3 +40,13 @@ def reservation_record_prefix(prefix: str, team: str) -> str:
 
 def reservation_record(prefix: str, team: str, request_id: str) -> str:
     return reservation_record_prefix(prefix, team) + request_id
+
+
+def waiting_flag(prefix: str, team: str) -> str:
+    """Exists while a request of the team waits for budget held by reservations."""
+    return f"{team_prefix(prefix, team)}:waiting"
+
+
+def freed_channel(prefix: str) -> str:
+    """Settlements publish a team's name here while it has waiters (one channel for all)."""
+    return f"{prefix}:quota-freed"

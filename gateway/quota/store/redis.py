@@ -7,15 +7,23 @@ raised as a ``StoreError`` (``gateway.storage.errors``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 from gateway.quota.store import keys
-from gateway.quota.store.base import ReserveOutcome, WindowCharge, WindowUsage
+from gateway.quota.store.base import ReserveOutcome, ReserveState, WindowCharge, WindowUsage
 from gateway.storage.batching import ScriptBatcher
 from gateway.storage.client import RedisClient
-from gateway.storage.errors import guarded
+from gateway.storage.errors import StoreError, guarded
+
+log = logging.getLogger("gateway.quota")
+
+_STATES: dict[int, ReserveState] = {1: "granted", 0: "exhausted", 2: "congested"}
+#: After losing its subscription, the listener tries again this often (waiters poll meanwhile).
+_RESUBSCRIBE_SECONDS = 1.0
 
 
 def _script_source(name: str, *, with_purge: bool = False) -> str:
@@ -59,6 +67,8 @@ class RedisQuotaStore:
         min_output: int,
         now: float,
         hold_until: float,
+        last_try: bool = False,
+        waiting_seconds: float = 60.0,
     ) -> ReserveOutcome:
         args: list[Any] = [
             _ms(now),
@@ -67,6 +77,8 @@ class RedisQuotaStore:
             min_output,
             keys.reservation_record_prefix(self._prefix, team),
             request_id,
+            1 if last_try else 0,
+            max(1, _ms(waiting_seconds)),
         ]
         for charge in charges:
             args += [charge.limit, charge.fixed, charge.per_output, _ms(charge.expires_at)]
@@ -75,13 +87,14 @@ class RedisQuotaStore:
             [
                 keys.reservation_index(self._prefix, team),
                 keys.reservation_record(self._prefix, team, request_id),
+                keys.waiting_flag(self._prefix, team),
                 *self._counters(team, charges),
             ],
             args,
         )
-        granted, output, blocked, *remaining = (int(v) for v in reply)
+        state, output, blocked, *remaining = (int(v) for v in reply)
         return ReserveOutcome(
-            granted=bool(granted),
+            state=_STATES[state],
             output=output,
             blocked=blocked - 1 if blocked else None,
             remaining=tuple(remaining),
@@ -97,7 +110,7 @@ class RedisQuotaStore:
         *,
         now: float,
     ) -> None:
-        args: list[Any] = [request_id]
+        args: list[Any] = [request_id, keys.freed_channel(self._prefix), team]
         for charge, held, used in zip(charges, reserved, actual, strict=True):
             args += [held, used, _ms(charge.expires_at)]
         await self._call(
@@ -105,6 +118,7 @@ class RedisQuotaStore:
             [
                 keys.reservation_index(self._prefix, team),
                 keys.reservation_record(self._prefix, team, request_id),
+                keys.waiting_flag(self._prefix, team),
                 *self._counters(team, charges),
             ],
             args,
@@ -132,6 +146,28 @@ class RedisQuotaStore:
         )
         values = [int(v) for v in reply]
         return [WindowUsage(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+
+    async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
+        channel = keys.freed_channel(self._prefix)
+        while True:
+            try:
+                pubsub = self._redis.pubsub()
+            except (AttributeError, NotImplementedError):
+                # A client without pub/sub (redis-py's asyncio cluster client in some
+                # versions): waiters fall back to polling.
+                log.warning("quota wake-ups by pub/sub unavailable; waiters poll")
+                return
+            try:
+                async with guarded("redis quota wake-ups"):
+                    await pubsub.subscribe(channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            data = message["data"]
+                            on_freed(data.decode() if isinstance(data, bytes) else str(data))
+            except StoreError:
+                await asyncio.sleep(_RESUBSCRIBE_SECONDS)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def ping(self) -> None:
         async with guarded("redis quota store"):
