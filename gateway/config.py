@@ -287,6 +287,17 @@ class ModelProfile(_Model):
         ge=1,
         description="Smallest useful output budget; a request that can't get it is refused (429).",
     )
+    max_output_tokens_per_second: float = Field(
+        default=200.0,
+        gt=0,
+        le=100_000,
+        description=(
+            "Upper bound on the model's generation speed, per choice (reasoning included). When "
+            "a client leaves before the usage arrives, the request is charged the tokens it was "
+            "relayed plus this rate times the seconds the upstream ran, capped by what it "
+            "reserved: set it above the model's fastest real speed, or stops are under-counted."
+        ),
+    )
 
 
 def _default_model_profiles() -> list[ModelProfile]:
