@@ -154,7 +154,7 @@ class StoreConfig(_Model):
     state_check_seconds: PositiveSeconds = Field(
         default=10.0,
         description="How often the gateway checks that the quota Redis still holds its marker "
-        "key (gone: state was lost; logged, counted in gateway_quota_state_lost_total).",
+        "key (gone: state was lost; logged, counted in gateway_quota_state_resets_total).",
     )
 
     on_error: Literal["local", "open", "closed"] = Field(
