@@ -122,6 +122,7 @@ async def test_the_whole_cap_is_spent_before_anyone_is_refused(
     used, reserved = await counter(redis_client, gws[0], "ml", "completion_tokens")
     assert reserved == 0 and used == sum(u for u, _ in answers)
     assert 2700 <= used <= 3000
+    print(f"cap spent: {used} of 3000 ({used / 3000:.1%}), {len(refused)} refused after it")
     assert refused, "the cap must run out"
     for error in refused:
         assert error.code == "insufficient_quota"
