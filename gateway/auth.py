@@ -29,6 +29,7 @@ import jwt
 
 from gateway.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, AuthConfig, TeamConfig
 from gateway.errors import AuthenticationError
+from gateway.upstream.client import FetchError, fetch_json
 
 MAX_TOKEN_BYTES = 8192
 
@@ -37,6 +38,10 @@ MAX_TOKEN_BYTES = 8192
 class Principal:
     team: str
     expires_at: float | None
+
+
+#: A JWKS document is small and its endpoint is local to the identity provider.
+JWKS_TIMEOUT_SECONDS = 5.0
 
 
 class JwksCache:
@@ -83,12 +88,11 @@ class JwksCache:
                 return
             self._last_attempt = now
             try:
-                timeout = aiohttp.ClientTimeout(total=5)
-                async with self._session_factory().get(self._url, timeout=timeout) as resp:
-                    resp.raise_for_status()
-                    document = await resp.json(content_type=None)
+                document = await fetch_json(
+                    self._session_factory(), self._url, timeout_seconds=JWKS_TIMEOUT_SECONDS
+                )
                 keyset = jwt.PyJWKSet.from_dict(document)
-            except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError):
+            except (FetchError, ValueError, jwt.PyJWTError):
                 # Keep the keys we had: a JWKS outage must not lock out tokens we can verify.
                 return
             self._keys = {k.key_id: k for k in keyset.keys if k.key_id}

@@ -2,7 +2,8 @@
 
 This is the one place aiohttp's client exceptions are caught: ``send`` and the methods of
 ``UpstreamResponse`` turn them into the gateway's own OpenAI-shaped errors (connection
-failures 502, timeouts 504), so the pipeline and the relay never see a foreign exception.
+failures 502, timeouts 504), so the pipeline and the relay never see a foreign exception;
+``fetch_json`` does the same for side requests (the JWKS), as ``FetchError``.
 
 The session is created with ``auto_decompress=False``: bodies are relayed as the upstream sent
 them, so ``Content-Encoding`` stays true.
@@ -36,6 +37,22 @@ def read_error(exc: BaseException) -> GatewayError:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeoutError("The upstream API stopped sending data (timeout).")
     return UpstreamUnavailableError("The upstream API connection failed mid-response.")
+
+
+class FetchError(Exception):
+    """A side request (a JWKS document, say) failed: unreachable, timed out, not 2xx, not JSON."""
+
+
+async def fetch_json(session: aiohttp.ClientSession, url: str, *, timeout_seconds: float) -> Any:
+    """GET a small JSON document from a service other than the upstream (the identity
+    provider's JWKS); every failure is a ``FetchError``."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        async with session.get(url, timeout=timeout) as response:
+            response.raise_for_status()
+            return await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise FetchError(f"{type(exc).__name__} fetching {url}") from None
 
 
 class UpstreamResponse(Protocol):
