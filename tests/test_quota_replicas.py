@@ -18,6 +18,7 @@ from gateway.quota.store import keys
 from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess
+from tests.test_admission import burst
 from tests.test_quota_gateway import MESSAGES
 
 pytestmark = pytest.mark.slow
@@ -151,3 +152,44 @@ async def test_killed_replica_reservation_expires(
         doomed.stop()
         survivor.stop()
         await check.aclose()
+
+
+async def test_three_replica_processes_queue_instead_of_refusing_and_cap_concurrency(
+    upstream: MockUpstream, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """Admission across real processes: a burst whose reservations do not fit at once is
+    answered in full by waiting (woken across processes by the settlements), and the team's
+    cap on requests in flight holds at the upstream."""
+    prefix = "a" + uuid.uuid4().hex[:8]
+    config = replica_config(upstream, redis_server, prefix)
+    config["store"]["timeout_seconds"] = 5.0  # a loaded machine must not trip the fallback
+    config["teams"]["ml"] = {
+        "quotas": [{"metric": "completion_tokens", "limit": 3000, "window": "day"}],
+        "max_concurrent_requests": 4,
+    }
+    replicas = [GatewayProcess(config, tmp_path, f"adm{i}") for i in range(3)]
+    try:
+        await asyncio.gather(*(r.start() for r in replicas))
+        clients = [
+            openai.AsyncOpenAI(base_url=r.url, api_key=token(), max_retries=0) for r in replicas
+        ]
+        upstream.in_flight.peak = 0
+        answers, refused = await burst(
+            clients, 90, max_tokens=500, headers={"x-mock-first-byte-delay-ms": "20"}
+        )
+        assert refused == [] and len(answers) == 90
+        assert all(finish == "stop" for _, finish in answers)
+        assert upstream.in_flight.peak <= 4
+        check = aioredis.Redis.from_url(redis_server.url)
+        try:
+            values = [
+                await check.hgetall(k)
+                async for k in check.scan_iter(match=f"{prefix}:{{ml}}:q:completion_tokens:*")
+            ]
+            assert sum(int(v.get(b"used", 0)) for v in values) == sum(u for u, _ in answers)
+            assert sum(int(v.get(b"reserved", 0)) for v in values) == 0
+        finally:
+            await check.aclose()
+    finally:
+        for r in replicas:
+            r.stop()
