@@ -12,6 +12,7 @@ call whose result must not be lost. So the connection handler signals the loss
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -26,24 +27,38 @@ class ClientGone(Exception):
 
 
 class WatchedRequestHandler(RequestHandler):
-    """A connection handler that tells waiters when its connection is lost."""
+    """A connection handler that tells waiters when its connection is lost.
 
-    __slots__ = ("_lost",)
+    Cheap when nobody asks: a flag, and at most one watcher callback (one request per
+    connection is in flight at a time); a future is made only for those who ``lost()``.
+    """
+
+    __slots__ = ("_gone", "_lost", "_watcher")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._gone = False
+        self._watcher: Callable[[], None] | None = None
         self._lost: asyncio.Future[None] | None = None
+
+    @property
+    def gone(self) -> bool:
+        return self._gone or self.transport is None
 
     def lost(self) -> asyncio.Future[None]:
         """Resolved once the connection is lost (made on first use: most requests never ask)."""
         if self._lost is None:
             self._lost = asyncio.get_running_loop().create_future()
-            if self.transport is None:  # already gone
+            if self.gone:
                 self._lost.set_result(None)
         return self._lost
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        self._gone = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
 
@@ -57,29 +72,30 @@ class cancel_on_disconnect:  # lower case: used like ``asyncio.timeout``
     On a connection handler that is not a ``WatchedRequestHandler`` the block just runs.
     """
 
-    __slots__ = ("_entered_with", "_lost", "_state", "_task")
+    __slots__ = ("_entered_with", "_protocol", "_request", "_state", "_task")
 
     def __init__(self, request: web.BaseRequest) -> None:
         protocol = request.protocol
-        self._lost = protocol.lost() if isinstance(protocol, WatchedRequestHandler) else None
+        self._protocol = protocol if isinstance(protocol, WatchedRequestHandler) else None
+        self._request = request
         self._task: asyncio.Task[object] | None = None
         self._entered_with = 0
         self._state = "new"  # new -> entered -> (cancelled) -> exited
 
     def __enter__(self) -> cancel_on_disconnect:
-        if self._lost is None:
+        protocol = self._protocol
+        if protocol is None:
             return self
-        if self._lost.done():
+        if protocol.gone:
             raise ClientGone
-        task = asyncio.current_task()
-        assert task is not None, "cancel_on_disconnect outside a task"
+        task = self._request.task  # the handler's task: no current_task() lookup needed
         self._task = task
         self._entered_with = task.cancelling()
         self._state = "entered"
-        self._lost.add_done_callback(self._on_lost)
+        protocol._watcher = self._on_lost
         return self
 
-    def _on_lost(self, _: asyncio.Future[None]) -> None:
+    def _on_lost(self) -> None:
         if self._state == "entered" and self._task is not None:
             self._state = "cancelled"
             self._task.cancel()
@@ -90,9 +106,11 @@ class cancel_on_disconnect:  # lower case: used like ``asyncio.timeout``
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._lost is None:
+        protocol = self._protocol
+        if protocol is None:
             return
-        self._lost.remove_done_callback(self._on_lost)
+        if protocol._watcher == self._on_lost:
+            protocol._watcher = None
         cancelled = self._state == "cancelled"
         self._state = "exited"
         if not cancelled or self._task is None:

@@ -176,7 +176,7 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     if not plan.charges:
         return None
     reservation = await state.quotas.reserve(
-        team_name, exchange.request_id, plan, gone=connection_lost(call.request)
+        team_name, exchange.request_id, plan, gone=lambda: connection_lost(call.request)
     )
     exchange.extra["reserved_output"] = reservation.output
     if reservation.clamped_by is not None:

@@ -109,10 +109,11 @@ class QuotaService:
         request_id: str,
         plan: QuotaPlan,
         *,
-        gone: asyncio.Future[None] | None = None,
+        gone: Callable[[], asyncio.Future[None] | None] | None = None,
     ) -> Reservation:
         """Reserve for every window of the plan, or raise QuotaExceededError (429). A congested
-        request waits; ``gone`` (its client's connection lost) ends the wait (``LeftQueue``)."""
+        request waits; the future ``gone()`` gives (its client's connection lost) ends the wait
+        (``LeftQueue``). It is asked for only when the request has to wait."""
         now = self.clock()
         store: QuotaStore | None = self.store
         try:
@@ -172,7 +173,7 @@ class QuotaService:
         team: str,
         request_id: str,
         plan: QuotaPlan,
-        gone: asyncio.Future[None] | None,
+        gone: Callable[[], asyncio.Future[None] | None] | None,
     ) -> ReserveOutcome:
         """Wait in the team's queue until the reservation fits (or its last try)."""
 
@@ -190,7 +191,9 @@ class QuotaService:
         gauge = self.metrics.quota_queued.labels(team=team)
         gauge.inc()
         try:
-            return await self.queue.wait(team, attempt, abandon, gone)
+            return await self.queue.wait(
+                team, attempt, abandon, gone() if gone is not None else None
+            )
         except QueueFull:
             outcome = await attempt(True)  # a full queue: what is left now, or 429
             return outcome

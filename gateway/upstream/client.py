@@ -111,24 +111,35 @@ class AiohttpResponse:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise read_error(exc) from None
 
-    async def chunks(self, size: int | None = None) -> AsyncIterator[bytes]:
+    def chunks(self, size: int | None = None) -> AsyncIterator[bytes]:
         content = self._response.content
         source = content.iter_any() if size is None else content.iter_chunked(size)
-        iterator = source.__aiter__()
-        while True:
-            try:
-                chunk = await iterator.__anext__()
-            except StopAsyncIteration:
-                return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise read_error(exc) from None
-            yield chunk
+        return _MappedChunks(source.__aiter__())
 
     def release(self) -> None:
         self._response.release()
 
     def close(self) -> None:
         self._response.close()
+
+
+class _MappedChunks:
+    """The body's chunks with read errors mapped; an iterator class rather than an async
+    generator because it runs once per chunk of every stream."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, source: AsyncIterator[bytes]) -> None:
+        self._next = source.__anext__
+
+    def __aiter__(self) -> _MappedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._next()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise read_error(exc) from None
 
 
 class UpstreamClient(Protocol):
