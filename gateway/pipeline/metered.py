@@ -163,6 +163,9 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     call = metered.call
     state, team_name, exchange = call.state, call.team_name, call.exchange
     rules = call.config.quota_rules(team_name)
+    max_concurrent = call.config.max_concurrent(team_name)
+    if not rules and max_concurrent is None:
+        return None  # the common uncapped team: no planning at all
     plan = plan_request(
         rules,
         metered.info,
@@ -171,7 +174,7 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
         body_bytes=len(metered.raw),
         now=state.quotas.clock(),
         hold_seconds=state.quotas.hold_seconds,
-        max_concurrent=call.config.max_concurrent(team_name),
+        max_concurrent=max_concurrent,
     )
     if not plan.charges:
         return None
