@@ -224,10 +224,25 @@ class QuotaRule(_Model):
     )
 
 
+PathPattern = Annotated[str, Field(pattern=r"^/")]
+
+
 class QuotaDefaults(_Model):
     quotas: list[QuotaRule] = Field(
         default_factory=list, description="Rules for teams that set no `quotas` of their own."
     )
+    allow_unmetered: list[PathPattern] = Field(
+        default_factory=list,
+        description="Path patterns (without /v1) of billable APIs the gateway does not meter "
+        "that capped teams may call anyway, for teams that set no `allow_unmetered` of their own.",
+    )
+
+    @cached_property
+    def _unmetered_matcher(self) -> re.Pattern[str]:
+        return compile_patterns(self.allow_unmetered)
+
+    def allows_unmetered(self, path: str) -> bool:
+        return self._unmetered_matcher.match(path) is not None
 
 
 class ModelProfile(_Model):
@@ -329,7 +344,7 @@ class TeamConfig(_Model):
         default_factory=lambda: ["*"],
         description="Model name patterns (fnmatch: *, ?, [..]) this team may use.",
     )
-    paths: list[Annotated[str, Field(pattern=r"^/")]] = Field(
+    paths: list[PathPattern] = Field(
         default_factory=lambda: ["*"],
         description=(
             "API path patterns (without /v1) this team may call, e.g. /chat/completions, "
@@ -350,6 +365,12 @@ class TeamConfig(_Model):
         default="downgrade",
         description="downgrade: rewrite the request to max_reasoning_effort; reject: 400.",
     )
+    allow_unmetered: list[PathPattern] | None = Field(
+        default=None,
+        description="Path patterns (without /v1, e.g. /fine_tuning/jobs*) of billable APIs the "
+        "gateway does not meter that this team may call although it has quota rules (others "
+        "get 403); unset = `defaults.allow_unmetered`.",
+    )
     cache: TeamCacheConfig = Field(default_factory=TeamCacheConfig)
 
     # Matching runs on every request: each pattern list is compiled once per config object
@@ -367,6 +388,15 @@ class TeamConfig(_Model):
 
     def allows_path(self, path: str) -> bool:
         return self._path_matcher.match(path) is not None
+
+    @cached_property
+    def _unmetered_matcher(self) -> re.Pattern[str] | None:
+        return None if self.allow_unmetered is None else compile_patterns(self.allow_unmetered)
+
+    def allows_unmetered(self, path: str) -> bool | None:
+        """None when the team sets no patterns of its own (the defaults' apply)."""
+        matcher = self._unmetered_matcher
+        return None if matcher is None else matcher.match(path) is not None
 
 
 class GatewayConfig(_Model):
@@ -389,6 +419,11 @@ class GatewayConfig(_Model):
     def quota_rules(self, team: str) -> list[QuotaRule]:
         own = self.teams[team].quotas
         return own if own is not None else self.defaults.quotas
+
+    def allows_unmetered(self, team: str, path: str) -> bool:
+        """Whether ``team`` may call a billable, unmetered ``path`` despite its caps."""
+        own = self.teams[team].allows_unmetered(path)
+        return own if own is not None else self.defaults.allows_unmetered(path)
 
     @cached_property
     def _profile_matchers(self) -> list[tuple[re.Pattern[str], ModelProfile]]:

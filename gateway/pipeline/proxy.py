@@ -55,6 +55,7 @@ async def _route(
     exchange.team = principal.team
     team = config.teams[principal.team]
     team_policy.check_path(team, principal.team, path)
+    team_policy.check_surface(config, principal.team, request.method, path)
     call = Call(request, state, config, team, principal.team, path, exchange)
     api = apis.classify(request.method, path)
     exchange.api = api
