@@ -155,6 +155,26 @@ class StoreConfig(_Model):
     )
 
 
+class AdmissionConfig(_Model):
+    """How long requests that outlive their HTTP exchange stay reserved, and how they settle."""
+
+    background_hold_seconds: PositiveSeconds = Field(
+        default=86400.0,
+        description="Reservation hold of background responses and batches: they settle when "
+        "they reach a terminal status; one that never does stops counting after this.",
+    )
+    reconcile_interval_seconds: PositiveSeconds = Field(
+        default=15.0,
+        description="How often each replica polls the upstream for open background responses "
+        "and batches (one store call per interval when none is open).",
+    )
+    batch_input_max_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch input file the gateway reads to check and reserve (400 above).",
+    )
+
+
 class ServerConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -406,6 +426,7 @@ class GatewayConfig(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     defaults: QuotaDefaults = Field(default_factory=QuotaDefaults)
     models: list[ModelProfile] = Field(
         default_factory=_default_model_profiles,

@@ -12,14 +12,16 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import json_codec
+from gateway import apis, json_codec
 from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
 from gateway.errors import GatewayError, InvalidRequestError, QuotaExceededError
 from gateway.pipeline import team_policy
+from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
+from gateway.pipeline.jobs import TERMINAL
 from gateway.quota.policy import plan_request
 from gateway.quota.service import Reservation
 from gateway.sse import StreamMeter
@@ -38,6 +40,15 @@ class MeteredCall:
     profile: ModelProfile
     raw: bytes
     body: dict[str, Any]
+
+    @property
+    def background(self) -> bool:
+        """A background response: it settles when it finishes, not when this call ends."""
+        return (
+            self.info.api is apis.RESPONSES
+            and self.body.get("background") is True
+            and not self.info.stream
+        )
 
 
 async def handle_metered(call: Call, api: ApiSpec) -> web.StreamResponse:
@@ -112,7 +123,7 @@ async def _serve_hit(metered: MeteredCall, key: str, entry: CachedResponse) -> w
 async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamResponse:
     """Reserve, forward, relay, settle: the path of every request that reaches the upstream."""
     call, info = metered.call, metered.info
-    state, exchange = call.state, call.exchange
+    exchange = call.exchange
     reservation = await _reserve(metered)
     try:
         body = metered.body
@@ -137,9 +148,20 @@ async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamRe
     finally:
         if reservation is not None:
             # Shielded: a handler cancelled at shutdown must still settle what it reserved.
-            await asyncio.shield(
-                state.quotas.settle(reservation, exchange.usage, release=exchange.released)
-            )
+            await asyncio.shield(_settle_or_hand_over(metered, reservation))
+
+
+async def _settle_or_hand_over(metered: MeteredCall, reservation: Reservation) -> None:
+    call = metered.call
+    state, exchange = call.state, call.exchange
+    job_id = exchange.extra.get("background_id")
+    if isinstance(job_id, str) and not exchange.released:
+        hold = call.config.admission.background_hold_seconds
+        if await state.jobs.open(
+            reservation, "response", job_id, "/v1/responses", hold_seconds=hold
+        ):
+            return
+    await state.quotas.settle(reservation, exchange.usage, release=exchange.released)
 
 
 async def _reserve(metered: MeteredCall) -> Reservation | None:
@@ -148,6 +170,9 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     rules = call.config.quota_rules(team_name)
     if not rules:
         return None
+    hold = state.quotas.hold_seconds
+    if metered.background:
+        hold = call.config.admission.background_hold_seconds
     plan = plan_request(
         rules,
         metered.info,
@@ -155,12 +180,14 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
         call.team,
         body_bytes=len(metered.raw),
         now=state.quotas.clock(),
-        hold_seconds=state.quotas.hold_seconds,
+        hold_seconds=hold,
     )
     if not plan.windows:
         return None
     try:
-        reservation = await state.quotas.reserve(team_name, exchange.request_id, plan)
+        reservation = await state.quotas.reserve(
+            team_name, exchange.request_id, plan, hold_seconds=hold
+        )
     except QuotaExceededError as exc:
         state.metrics.quota_rejections.labels(team=team_name, metric=exc.metric or "").inc()
         raise
@@ -210,7 +237,9 @@ async def _forward(
             exchange.upstream_error = "stream_cut"
             raise
         exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
-        if upstream.status < 300:
+        if upstream.status < 300 and metered.background:
+            _note_background(exchange, data)
+        elif upstream.status < 300:
             exchange.usage = api.usage_from_json(data)
             if plan is not None:
                 await state.cache.store_json(
@@ -219,3 +248,17 @@ async def _forward(
         return web.Response(status=upstream.status, body=data, headers=headers)
     finally:
         upstream.release()
+
+
+def _note_background(exchange: Exchange, data: bytes) -> None:
+    """A background response still running hands its reservation over to a job."""
+    try:
+        obj = json_codec.loads(data)
+    except BAD_JSON:
+        return
+    if not isinstance(obj, dict):
+        return
+    if obj.get("status") in TERMINAL["response"]:
+        exchange.usage = apis.RESPONSES.usage(obj.get("usage"))
+    elif isinstance(obj.get("id"), str):
+        exchange.extra["background_id"] = obj["id"]

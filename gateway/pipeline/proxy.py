@@ -10,7 +10,7 @@ from gateway import apis
 from gateway.auth import Principal
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationError, MethodNotAllowedError
-from gateway.pipeline import team_policy
+from gateway.pipeline import jobs, team_policy
 from gateway.pipeline.exchange import REQUEST_ID, Exchange
 from gateway.pipeline.forward import Call
 from gateway.pipeline.metered import handle_metered
@@ -65,6 +65,9 @@ async def _route(
     if model is not None:
         exchange.model = model
     if not api.metered:
+        kind = jobs.job_read(request.method, path, request.rel_url.raw_query_string)
+        if kind is not None and config.quota_rules(principal.team):
+            return await jobs.handle_job_read(call, kind)
         return await passthrough(call)
     return await handle_metered(call, api)
 

@@ -91,13 +91,18 @@ class QuotaService:
         self.breaker = breaker if breaker is not None else StoreBreaker()
         self._background: set[asyncio.Task[None]] = set()
 
-    async def reserve(self, team: str, request_id: str, plan: QuotaPlan) -> Reservation:
-        """Reserve for every window of the plan, or raise QuotaExceededError (429)."""
+    async def reserve(
+        self, team: str, request_id: str, plan: QuotaPlan, *, hold_seconds: float | None = None
+    ) -> Reservation:
+        """Reserve for every window of the plan, or raise QuotaExceededError (429).
+
+        ``hold_seconds`` overrides the usual hold (jobs that settle later: ``quota.jobs``)."""
         now = self.clock()
+        hold = self.hold_seconds if hold_seconds is None else hold_seconds
         store: QuotaStore | None = self.store
         try:
             self.breaker.check()
-            outcome = await self._reserve_in(self.store, team, request_id, plan, now)
+            outcome = await self._reserve_in(self.store, team, request_id, plan, now, hold)
             self.breaker.succeeded()
         except StoreError as exc:
             if not isinstance(exc, StoreSkippedError):
@@ -117,7 +122,7 @@ class QuotaService:
             if self.on_error == "open":
                 return Reservation(team, request_id, plan, plan.requested_output, None, [])
             store = self.local
-            outcome = await self._reserve_in(self.local, team, request_id, plan, now)
+            outcome = await self._reserve_in(self.local, team, request_id, plan, now, hold)
         if not outcome.granted:
             raise quota_exceeded(team, plan, outcome, now)
         return Reservation(
@@ -136,7 +141,13 @@ class QuotaService:
         )
 
     async def _reserve_in(
-        self, store: QuotaStore, team: str, request_id: str, plan: QuotaPlan, now: float
+        self,
+        store: QuotaStore,
+        team: str,
+        request_id: str,
+        plan: QuotaPlan,
+        now: float,
+        hold_seconds: float,
     ) -> ReserveOutcome:
         return await store.reserve(
             team,
@@ -145,7 +156,7 @@ class QuotaService:
             requested_output=plan.requested_output,
             min_output=plan.min_output,
             now=now,
-            hold_until=now + self.hold_seconds,
+            hold_until=now + hold_seconds,
         )
 
     async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:

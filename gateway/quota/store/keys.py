@@ -40,3 +40,13 @@ def reservation_record_prefix(prefix: str, team: str) -> str:
 
 def reservation_record(prefix: str, team: str, request_id: str) -> str:
     return reservation_record_prefix(prefix, team) + request_id
+
+
+def open_jobs(prefix: str, team: str) -> str:
+    """Hash: job id (a background response or batch) -> its settlement record."""
+    return f"{team_prefix(prefix, team)}:jobs"
+
+
+def job_teams(prefix: str) -> str:
+    """Set of teams that may have open jobs: what the reconciler reads when idle (one call)."""
+    return f"{prefix}:jobteams"

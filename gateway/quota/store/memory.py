@@ -35,6 +35,7 @@ class MemoryQuotaStore:
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._reservations: dict[str, dict[str, _Reservation]] = {}
         self._next_sweep = 0.0
+        self._jobs: dict[str, dict[str, bytes]] = {}
 
     def _counter(self, team: str, key: str, now: float) -> _Counter | None:
         counter = self._counters.get((team, key))
@@ -146,6 +147,22 @@ class MemoryQuotaStore:
                 WindowUsage(counter.used, counter.reserved) if counter else WindowUsage(0, 0)
             )
         return out
+
+    async def open_job(self, team: str, job_id: str, record: bytes) -> None:
+        self._jobs.setdefault(team, {})[job_id] = record
+
+    async def open_jobs(self, team: str) -> dict[str, bytes]:
+        return dict(self._jobs.get(team, {}))
+
+    async def claim_job(self, team: str, job_id: str) -> bytes | None:
+        return self._jobs.get(team, {}).pop(job_id, None)
+
+    async def job_teams(self) -> list[str]:
+        return list(self._jobs)
+
+    async def retire_team(self, team: str) -> None:
+        if not self._jobs.get(team, True):
+            del self._jobs[team]
 
     async def ping(self) -> None:
         return None

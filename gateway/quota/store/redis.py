@@ -40,6 +40,7 @@ class RedisQuotaStore:
         self._settle = client.register_script(_script_source("settle_tokens.lua"))
         self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
         self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
+        self._claim = client.register_script(_script_source("claim_job.lua"))
         self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:
@@ -133,9 +134,47 @@ class RedisQuotaStore:
         values = [int(v) for v in reply]
         return [WindowUsage(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
+    async def open_job(self, team: str, job_id: str, record: bytes) -> None:
+        async with guarded("redis quota store"):
+            await self._redis.hset(keys.open_jobs(self._prefix, team), job_id, record)
+            await self._redis.sadd(keys.job_teams(self._prefix), team)
+
+    async def open_jobs(self, team: str) -> dict[str, bytes]:
+        async with guarded("redis quota store"):
+            found = await self._redis.hgetall(keys.open_jobs(self._prefix, team))
+        return {_text(k): _bytes(v) for k, v in found.items()}
+
+    async def claim_job(self, team: str, job_id: str) -> bytes | None:
+        reply = await self._call(self._claim, [keys.open_jobs(self._prefix, team)], [job_id])
+        return None if reply is None else _bytes(reply)
+
+    async def job_teams(self) -> list[str]:
+        async with guarded("redis quota store"):
+            found = await self._redis.smembers(keys.job_teams(self._prefix))
+        return sorted(_text(t) for t in found)
+
+    async def retire_team(self, team: str) -> None:
+        # Remove, then look again: a job opened meanwhile (HSET before its SADD) puts the team
+        # back, so no interleaving with open_job loses a team that has a job.
+        jobs, teams = keys.open_jobs(self._prefix, team), keys.job_teams(self._prefix)
+        async with guarded("redis quota store"):
+            if await self._redis.hlen(jobs):
+                return
+            await self._redis.srem(teams, team)
+            if await self._redis.hlen(jobs):
+                await self._redis.sadd(teams, team)
+
     async def ping(self) -> None:
         async with guarded("redis quota store"):
             await self._redis.ping()
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
