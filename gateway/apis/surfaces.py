@@ -54,6 +54,13 @@ SURFACES: tuple[Surface, ...] = (
             "/images/generations",
         ),
     ),
+    Surface(
+        "batches",
+        "metered",
+        "Every line of the input file is checked and the whole batch reserved at create; it "
+        "settles from the output file's per-line usage when it finishes.",
+        _ops(("POST",), "/batches"),
+    ),
     # --- free ------------------------------------------------------------------------------
     Surface(
         "reads",
@@ -140,12 +147,6 @@ SURFACES: tuple[Surface, ...] = (
         _ops(("POST",), "/moderations", "/responses/input_tokens"),
     ),
     # --- refused unless allowed ------------------------------------------------------------
-    Surface(
-        "batches",
-        "refused",
-        "A batch runs every line of its input file at once: not metered yet.",
-        _ops(("POST",), "/batches"),
-    ),
     Surface(
         "fine-tuning",
         "refused",

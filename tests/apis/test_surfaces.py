@@ -43,6 +43,7 @@ def test_every_group_is_used_by_the_spec() -> None:
         ("GET", "/files/file-1/content", "free"),
         ("DELETE", "/files/file-1", "free"),
         ("GET", "/batches", "free"),
+        ("POST", "/batches", "metered"),
         ("POST", "/batches/batch_1/cancel", "free"),
         ("POST", "/threads/thread_1", "free"),
         ("POST", "/moderations", "free"),
