@@ -3,8 +3,9 @@
 At create, the request reserves as usual (with a long hold), and instead of settling it is
 recorded as an open job in the quota store, under the team's hash tag: which replica created
 it does not matter, and a restart loses nothing. Whoever sees the job reach a terminal status
-first (a client's retrieve or cancel, or any replica's reconciler) claims it with one atomic
-store call and settles it; every other claim gets nothing, so a job is charged exactly once.
+first (a client's retrieve or cancel, or any replica's reconciler) settles it with one atomic
+store call that closes the job and charges it; every other call changes nothing, so a job is
+charged exactly once, and no crash can fall between closing and charging.
 """
 
 from __future__ import annotations
@@ -136,18 +137,19 @@ class JobLedger:
         return True
 
     async def settle(self, team: str, job_id: str, usage: Usage | None, requests: int) -> bool:
-        """Claim the job and charge what it used (None: keep the reservation as charged).
-        True if this call settled it; False if it was not open (or another caller took it)."""
-        raw = await self.store.claim_job(team, job_id)
+        """Close the job and charge what it used (None: keep the reservation as charged).
+        True if this call settled it; False if it was not open (or another caller did)."""
+        raw = await self.store.job(team, job_id)
         if raw is None:
             return False
         job = OpenJob.decode(raw)
         actual = list(job.reserved) if usage is None else job_amounts(job.metrics, usage, requests)
         try:
-            # Shielded: a claimed job must be charged even if the caller is cancelled now.
-            await asyncio.shield(
-                self.store.settle(
+            # Shielded: once sent, the caller's cancellation must not leave the outcome unknown.
+            settled = await asyncio.shield(
+                self.store.settle_job(
                     team,
+                    job_id,
                     job.request_id,
                     job.charges,
                     job.reserved,
@@ -156,12 +158,13 @@ class JobLedger:
                 )
             )
         except StoreError:
-            # Claimed but not charged: put it back so a later poll settles it.
+            # Not settled, or settled without the reply: either way the job is charged at
+            # most once, and a later poll settles it if it is still open.
             self.quotas.metrics.store_errors.labels(operation="job_settle").inc()
-            await self.store.open_job(team, job_id, raw)
             raise
-        log.info(
-            "job settled",
-            extra={"team": team, "job": job_id, "kind": job.kind, "charged": actual},
-        )
-        return True
+        if settled:
+            log.info(
+                "job settled",
+                extra={"team": team, "job": job_id, "kind": job.kind, "charged": actual},
+            )
+        return settled

@@ -95,8 +95,23 @@ class QuotaStore(Protocol):
 
     async def open_jobs(self, team: str) -> dict[str, bytes]: ...
 
-    async def claim_job(self, team: str, job_id: str) -> bytes | None:
-        """Atomically take a job: its record for exactly one caller, None for every other."""
+    async def job(self, team: str, job_id: str) -> bytes | None:
+        """An open job's record (None: not open)."""
+        ...
+
+    async def settle_job(
+        self,
+        team: str,
+        job_id: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> bool:
+        """In one step: close the job and replace its reservation by ``actual`` (as
+        ``settle``). True for exactly one caller; False, changing nothing, for every other."""
         ...
 
     async def job_teams(self) -> list[str]: ...

@@ -115,6 +115,17 @@ class MemoryQuotaStore:
         *,
         now: float,
     ) -> None:
+        self._settle_now(team, request_id, charges, reserved, actual, now)
+
+    def _settle_now(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        now: float,
+    ) -> None:
         is_open = self._reservations.get(team, {}).pop(request_id, None) is not None
         for charge, held, used in zip(charges, reserved, actual, strict=True):
             counter = self._counter(team, charge.key, now)
@@ -154,8 +165,25 @@ class MemoryQuotaStore:
     async def open_jobs(self, team: str) -> dict[str, bytes]:
         return dict(self._jobs.get(team, {}))
 
-    async def claim_job(self, team: str, job_id: str) -> bytes | None:
-        return self._jobs.get(team, {}).pop(job_id, None)
+    async def job(self, team: str, job_id: str) -> bytes | None:
+        return self._jobs.get(team, {}).get(job_id)
+
+    async def settle_job(
+        self,
+        team: str,
+        job_id: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> bool:
+        if self._jobs.get(team, {}).pop(job_id, None) is None:
+            return False
+        # No await in between: the claim and the charge are one step on the event loop.
+        self._settle_now(team, request_id, charges, reserved, actual, now)
+        return True
 
     async def job_teams(self) -> list[str]:
         return list(self._jobs)

@@ -40,7 +40,7 @@ class RedisQuotaStore:
         self._settle = client.register_script(_script_source("settle_tokens.lua"))
         self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
         self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
-        self._claim = client.register_script(_script_source("claim_job.lua"))
+        self._settle_job = client.register_script(_script_source("settle_job.lua"))
         self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:
@@ -144,9 +144,36 @@ class RedisQuotaStore:
             found = await self._redis.hgetall(keys.open_jobs(self._prefix, team))
         return {_text(k): _bytes(v) for k, v in found.items()}
 
-    async def claim_job(self, team: str, job_id: str) -> bytes | None:
-        reply = await self._call(self._claim, [keys.open_jobs(self._prefix, team)], [job_id])
-        return None if reply is None else _bytes(reply)
+    async def job(self, team: str, job_id: str) -> bytes | None:
+        async with guarded("redis quota store"):
+            found = await self._redis.hget(keys.open_jobs(self._prefix, team), job_id)
+        return None if found is None else _bytes(found)
+
+    async def settle_job(
+        self,
+        team: str,
+        job_id: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> bool:
+        args: list[Any] = [job_id, request_id]
+        for charge, held, used in zip(charges, reserved, actual, strict=True):
+            args += [held, used, _ms(charge.expires_at)]
+        reply = await self._call(
+            self._settle_job,
+            [
+                keys.open_jobs(self._prefix, team),
+                keys.reservation_index(self._prefix, team),
+                keys.reservation_record(self._prefix, team, request_id),
+                *self._counters(team, charges),
+            ],
+            args,
+        )
+        return bool(int(reply))
 
     async def job_teams(self) -> list[str]:
         async with guarded("redis quota store"):
