@@ -239,7 +239,7 @@ def _stores(config: GatewayConfig) -> CleanupContext:
     """Quota store and cache backend (one or two Redis, or memory), each with its breaker."""
 
     async def stores(app: web.Application) -> AsyncIterator[None]:
-        stores = await build_stores(config)
+        stores = await build_stores(config, app[_METRICS])
         app[_STORES] = stores
         yield
         await stores.close()
@@ -258,8 +258,13 @@ def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> Cleanup
             metrics=app[_METRICS],
             breaker=app[_STORES].quota_breaker,
         )
+        quotas.configure_admission(config.admission)
         app[_QUOTAS] = quotas
+        wakeups = asyncio.get_running_loop().create_task(quotas.listen_for_frees())
         yield
+        wakeups.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await wakeups
         await quotas.drain()  # settle what requests in flight reserved
 
     return quota_service

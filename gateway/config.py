@@ -146,32 +146,23 @@ class StoreConfig(_Model):
     def _empty_means_embedded(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    allow_evicting_policy: bool = Field(
+        default=False,
+        description="Start even if the quota Redis has an evicting maxmemory-policy "
+        "(allkeys-*, volatile-*), which can silently drop counters and reset budgets.",
+    )
+    state_check_seconds: PositiveSeconds = Field(
+        default=10.0,
+        description="How often the gateway checks that the quota Redis still holds its marker "
+        "key (gone: state was lost; logged, counted in gateway_quota_state_lost_total).",
+    )
+
     on_error: Literal["local", "open", "closed"] = Field(
         default="local",
         description=(
             "Quotas when Redis is unreachable: local = enforce with this replica's memory; "
             "open = admit unmetered; closed = answer 503."
         ),
-    )
-
-
-class AdmissionConfig(_Model):
-    """How long requests that outlive their HTTP exchange stay reserved, and how they settle."""
-
-    background_hold_seconds: PositiveSeconds = Field(
-        default=86400.0,
-        description="Reservation hold of background responses and batches: they settle when "
-        "they reach a terminal status; one that never does stops counting after this.",
-    )
-    reconcile_interval_seconds: PositiveSeconds = Field(
-        default=15.0,
-        description="How often each replica polls the upstream for open background responses "
-        "and batches (one store call per interval when none is open).",
-    )
-    batch_input_max_bytes: int = Field(
-        default=200 * 1024 * 1024,
-        ge=1024,
-        description="Largest batch input file the gateway reads to check and reserve (400 above).",
     )
 
 
@@ -263,6 +254,51 @@ class QuotaDefaults(_Model):
 
     def allows_unmetered(self, path: str) -> bool:
         return self._unmetered_matcher.match(path) is not None
+
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Metered requests in flight per team, across replicas (unset = no cap).",
+    )
+
+
+class AdmissionConfig(_Model):
+    """What a request does when other requests' reservations hold its team's budget, and how
+    long requests that outlive their HTTP exchange (background responses, batches) stay
+    reserved and how they settle."""
+
+    queue_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Longest wait for reservations to settle; then the request gets what is left, "
+            "or 429 with a short retry-after. 0 = never wait."
+        ),
+    )
+    max_queued_per_team: int = Field(
+        default=1000, ge=0, description="Waiting requests per team and replica; more get 429."
+    )
+    poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Waiters re-check this often when no wake-up arrives (pub/sub is lost).",
+    )
+    background_hold_seconds: PositiveSeconds = Field(
+        default=86400.0,
+        description="Reservation hold of background responses and batches: they settle when "
+        "they reach a terminal status; one that never does stops counting after this.",
+    )
+    reconcile_interval_seconds: PositiveSeconds = Field(
+        default=15.0,
+        description="How often each replica polls the upstream for open background responses "
+        "and batches (one store call per interval when none is open).",
+    )
+    batch_input_max_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch input file the gateway reads to check and reserve (400 above).",
+    )
 
 
 class ModelProfile(_Model):
@@ -391,6 +427,14 @@ class TeamConfig(_Model):
         "gateway does not meter that this team may call although it has quota rules (others "
         "get 403); unset = `defaults.allow_unmetered`.",
     )
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Metered requests in flight across replicas; unset = "
+            "`defaults.max_concurrent_requests`. More wait like congested ones."
+        ),
+    )
     cache: TeamCacheConfig = Field(default_factory=TeamCacheConfig)
 
     # Matching runs on every request: each pattern list is compiled once per config object
@@ -426,8 +470,8 @@ class GatewayConfig(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     defaults: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     models: list[ModelProfile] = Field(
         default_factory=_default_model_profiles,
         description="Model profiles, first match wins; a catch-all `*` profile is implied.",
@@ -445,6 +489,10 @@ class GatewayConfig(_Model):
         """Whether ``team`` may call a billable, unmetered ``path`` despite its caps."""
         own = self.teams[team].allows_unmetered(path)
         return own if own is not None else self.defaults.allows_unmetered(path)
+
+    def max_concurrent(self, team: str) -> int | None:
+        own = self.teams[team].max_concurrent_requests
+        return own if own is not None else self.defaults.max_concurrent_requests
 
     @cached_property
     def _profile_matchers(self) -> list[tuple[re.Pattern[str], ModelProfile]]:

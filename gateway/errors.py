@@ -107,6 +107,7 @@ class QuotaExceededError(GatewayError):
     type = "tokens"
     code = "rate_limit_exceeded"
     metric: str | None = None  # the quota metric that refused, for metrics
+    reason: str | None = None  # exhausted | congested | concurrency, for metrics
 
 
 class InternalError(GatewayError):

@@ -162,8 +162,23 @@ class Metrics:
         )
         self.quota_rejections = Counter(
             "gateway_quota_rejections",
-            "Requests refused (429) by a quota rule.",
-            ["team", "metric"],
+            "Requests refused (429) by a quota rule, by reason: exhausted (settled usage left "
+            "too little), congested (requests in flight held the budget for the whole queue "
+            "timeout), concurrency (the team's cap on requests in flight).",
+            ["team", "metric", "reason"],
+            registry=r,
+        )
+        self.quota_queue_wait = Histogram(
+            "gateway_quota_queue_wait_seconds",
+            "Time congested requests waited for reservations of their team to settle.",
+            ["team"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.quota_queued = Gauge(
+            "gateway_quota_queued_requests",
+            "Requests waiting in this replica for their team's reservations to settle.",
+            ["team"],
             registry=r,
         )
         self.quota_clamps = Counter(
@@ -210,6 +225,12 @@ class Metrics:
             "gateway_store_errors",
             "Store calls that failed or timed out, by operation.",
             ["operation"],
+            registry=r,
+        )
+        self.quota_state_lost = Counter(
+            "gateway_quota_state_lost",
+            "Times the quota Redis was found without its marker key (flushed, or restarted "
+            "without persistence): counters were lost and budgets reset.",
             registry=r,
         )
         self.store_fallbacks = Counter(
@@ -289,6 +310,14 @@ class Metrics:
         clamped by a rule it has); series of teams a reload removed stay, as counters do."""
         self.model_label = ModelLabels(model_patterns(config))
         for team in config.teams:
-            for metric in sorted({rule.metric for rule in config.quota_rules(team)}):
-                self.quota_rejections.labels(team=team, metric=metric)
+            metrics = {rule.metric for rule in config.quota_rules(team)}
+            for metric in sorted(metrics):
+                for reason in ("exhausted", "congested"):
+                    self.quota_rejections.labels(team=team, metric=metric, reason=reason)
                 self.quota_clamps.labels(team=team, metric=metric)
+            if config.max_concurrent(team) is not None:
+                self.quota_rejections.labels(
+                    team=team, metric="concurrent_requests", reason="concurrency"
+                )
+            if metrics or config.max_concurrent(team) is not None:
+                self.quota_queued.labels(team=team)

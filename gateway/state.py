@@ -66,6 +66,7 @@ class GatewayState:
         self.quotas.hold_seconds = (
             config.upstream.total_timeout_seconds + config.store.reservation_grace_seconds
         )
+        self.quotas.configure_admission(config.admission)
         self.metrics.configure(config)
 
     def reload(self, config: GatewayConfig) -> list[str]:

@@ -9,15 +9,23 @@ share one client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from gateway.cache.backend import CacheBackend, MemoryCacheBackend, RedisCacheBackend
 from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
 from gateway.quota.store.base import QuotaStore
+from gateway.quota.store.guards import StateMarker, check_eviction_policy
 from gateway.quota.store.memory import MemoryQuotaStore
 from gateway.quota.store.redis import RedisQuotaStore
 from gateway.storage.breaker import StoreBreaker
 from gateway.storage.client import RedisClient, connect
+from gateway.storage.errors import StoreError
+
+log = logging.getLogger("gateway")
 
 
 @dataclass(slots=True)
@@ -27,8 +35,13 @@ class Stores:
     quota_breaker: StoreBreaker = field(default_factory=StoreBreaker)
     cache_breaker: StoreBreaker = field(default_factory=StoreBreaker)
     quota_client: RedisClient | None = None
+    watcher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watcher
         await self.cache.close()
         await self.quota.close()
 
@@ -62,7 +75,40 @@ async def build_cache_backend(config: GatewayConfig) -> CacheBackend:
     )
 
 
-async def build_stores(config: GatewayConfig) -> Stores:
+async def build_stores(config: GatewayConfig, metrics: Metrics | None = None) -> Stores:
+    """Both stores, after the start-up checks of the quota Redis (``quota.store.guards``);
+    with ``metrics``, the quota Redis is watched for lost state until ``close()``."""
+    stores = await _connect_stores(config)
+    client = stores.quota_client
+    if client is None:
+        return stores
+    try:
+        await check_eviction_policy(
+            client,
+            allow_evicting=config.store.allow_evicting_policy,
+            timeout_seconds=config.store.timeout_seconds,
+        )
+    except BaseException:
+        await stores.close()
+        raise
+    if metrics is not None:
+        marker = StateMarker(
+            client,
+            config.store.key_prefix,
+            metrics.quota_state_lost,
+            timeout_seconds=config.store.timeout_seconds,
+        )
+        try:
+            await marker.ensure(at_start=True)
+        except StoreError as exc:
+            log.warning("quota Redis unreachable at start", extra={"error": str(exc)})
+        stores.watcher = asyncio.get_running_loop().create_task(
+            marker.watch(config.store.state_check_seconds)
+        )
+    return stores
+
+
+async def _connect_stores(config: GatewayConfig) -> Stores:
     timeout = config.store.timeout_seconds
     quota_url = config.store.redis_url.get_secret_value() if config.store.redis_url else None
     entries_url = cache_url(config)

@@ -747,16 +747,36 @@ def panels() -> list[dict[str, Any]]:
             "reqps",
         ),
         timeseries(
-            "Quota 429s/s by team and metric",
-            "Requests refused (429) by a quota rule, by team and the quota's metric.",
+            "Quota 429s/s by team, metric and reason",
+            "Requests refused (429) by a quota rule. exhausted: the budget is spent (raise the "
+            "limit or wait for the reset); congested: requests in flight held it for the whole "
+            "queue timeout; concurrency: the team's cap on requests in flight.",
             [
                 target(
-                    "sum by (team, metric) "
+                    "sum by (team, metric, reason) "
                     f"(rate(gateway_quota_rejections_total{{{TEAM}}}{RATE})){ZERO}",
-                    "{{team}} {{metric}}",
+                    "{{team}} {{metric}} {{reason}}",
                 )
             ],
             "reqps",
+        ),
+        timeseries(
+            "Quota queue: waiting requests and p95 wait",
+            "Requests waiting for their team's reservations to settle (instead of a 429), and "
+            "how long they waited.",
+            [
+                target(
+                    f"sum by (team) (gateway_quota_queued_requests{{{TEAM}}}){ZERO}",
+                    "{{team}} waiting",
+                ),
+                target(
+                    "histogram_quantile(0.95, sum by (team, le) "
+                    f"(rate(gateway_quota_queue_wait_seconds_bucket{{{TEAM}}}{RATE}))){ZERO}",
+                    "{{team}} p95 wait (s)",
+                ),
+            ],
+            "short",
+            width=24,
         ),
         timeseries(
             "Upstream errors/s by kind",

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.mock import MockUpstream, start_mock_upstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, base_config, start_gateway
@@ -82,3 +83,11 @@ async def make_gateway(upstream: MockUpstream) -> AsyncIterator[GatewayFactory]:
 async def gateway(make_gateway: GatewayFactory) -> RunningGateway:
     gw: RunningGateway = await make_gateway()
     return gw
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the test's redis-server, to read what the gateway wrote."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()

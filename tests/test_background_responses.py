@@ -138,3 +138,19 @@ async def test_a_team_without_rules_is_not_tracked(
     )
     await create(gw, SLOW)
     assert await gw.runner.app[RECONCILER].poll() == 0
+
+
+async def test_background_responses_hold_no_concurrency_slot(
+    make_gateway: Any, redis_server: RedisProcess, upstream: MockUpstream
+) -> None:
+    config = sections(redis_server)
+    config["teams"]["ml"]["max_concurrent_requests"] = 1
+    gw = await make_gateway(**config)
+    ids = [await create(gw, NEVER) for _ in range(3)]  # all admitted although one may fly
+    async with sdk(gw) as client:
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "and now"}]
+        )
+        for response_id in ids:
+            assert (await client.responses.cancel(response_id)).status == "cancelled"
+    assert (await usage(gw))["completion_tokens"]["reserved"] == 0

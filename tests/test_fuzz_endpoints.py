@@ -23,22 +23,8 @@ from gateway.apis import (
     MAX_OUTPUT_TOKENS,
     REASONING_EFFORTS,
     ApiSpec,
-    RequestInfo,
 )
 from gateway.errors import InvalidRequestError
-
-
-def with_output_limit(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_output_limit(info, body, *args)
-
-
-def with_reasoning_effort(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_reasoning_effort(info, body, *args)
-
-
-def with_usage_requested(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_usage_requested(info, body, *args)
-
 
 FIELDS = [
     "model",
@@ -154,20 +140,20 @@ def test_parse_request_accepts_or_raises_invalid_request_only(api: ApiSpec, body
     # The rewriters: never raise on an accepted body, never mutate it, and the gateway
     # accepts what they produce, with the written limit binding.
     for cap in (1, 7, MAX_OUTPUT_TOKENS):
-        out = with_output_limit(info, body, cap)
+        out = info.api.with_output_limit(info, body, cap)
         assert repr(body) == before
         again = api.parse(out)
         if info.output_limit_field is not None:
             assert again.max_output_tokens is not None and again.max_output_tokens <= cap
             if limit is not None:
                 assert again.max_output_tokens == min(cap, limit)  # never loosened
-    out = with_usage_requested(info, body)
+    out = info.api.with_usage_requested(info, body)
     assert repr(body) == before
     again = api.parse(out)
     if info.stream and api in (apis.CHAT, apis.COMPLETIONS):
         assert again.include_usage
     for effort in REASONING_EFFORTS:
-        out = with_reasoning_effort(info, body, effort)
+        out = info.api.with_reasoning_effort(info, body, effort)
         assert repr(body) == before
         again = api.parse(out)
         if api in (apis.CHAT, apis.RESPONSES):

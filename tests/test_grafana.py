@@ -303,6 +303,7 @@ TEAMS: dict[str, Any] = {
 # with this traffic, and why. Every other panel must show real series.
 MAY_BE_EMPTY = {
     "Prompt tokens cached upstream (range)": "the mock upstream never reports cached tokens",
+    "Quota queue: waiting requests and p95 wait": "no request of this traffic waits in a queue",
 }
 
 # Alert conditions (the expression, without `for`) the traffic below makes true. The others

@@ -577,9 +577,17 @@ def test_redis_deploy_renders_a_statefulset_and_points_redis_url_at_it(
     assert redis["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["automountServiceAccountToken"] is False
     args = redis["args"]
-    assert args[args.index("--save") + 1] == ""
-    assert args[args.index("--appendonly") + 1] == "no"
+    # Quota counters survive a restart and are never evicted (issue 13).
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "everysec"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in claim["spec"]
+    assert "data" not in {v["name"] for v in pod["volumes"]}
+    assert {"name": "data", "mountPath": "/data"} in redis["volumeMounts"]
 
     env = env_of(container(docs))
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
@@ -591,6 +599,23 @@ def test_redis_deploy_renders_a_statefulset_and_points_redis_url_at_it(
     url = env["REDIS_URL"]["value"]
     assert url == f"redis://:$(REDIS_PASSWORD)@{redis_name}.{NAMESPACE}.svc:6379/0"
     assert "REDIS_PASSWORD" in only(docs, "Secret")["data"]
+
+
+def test_redis_persistence_is_configurable(chart: Any, kubernetes_validate: ModuleType) -> None:
+    name = f"{FULLNAME}-redis"
+    docs = render(
+        chart,
+        {"redis": {"deploy": True, "persistence": {"size": "5Gi", "storageClass": "fast"}}},
+    )
+    assert_valid_kubernetes(kubernetes_validate, docs)
+    (claim,) = only(docs, "StatefulSet", name)["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    docs = render(chart, {"redis": {"deploy": True, "persistence": {"enabled": False}}})
+    assert_valid_kubernetes(kubernetes_validate, docs)
+    statefulset = only(docs, "StatefulSet", name)["spec"]
+    assert "volumeClaimTemplates" not in statefulset
+    assert {"name": "data", "emptyDir": {}} in statefulset["template"]["spec"]["volumes"]
 
 
 def test_redis_deploy_without_auth(chart: Any) -> None:

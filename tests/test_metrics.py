@@ -79,7 +79,10 @@ async def test_traffic_shows_up_by_team_model_and_token_kind(make_gateway) -> No
     )
     assert value(m, "gateway_tokens_total", team="ml", model="o3-mini", kind="reasoning") == 32
     assert value(m, "gateway_tokens_total", team="ml", model="o3-mini", kind="completion") == 56
-    assert value(m, "gateway_quota_rejections_total", team="ml", metric="requests") == 1
+    assert (
+        value(m, "gateway_quota_rejections_total", team="ml", metric="requests", reason="exhausted")
+        == 1
+    )
     assert value(m, "gateway_upstream_errors_total", kind="status_5xx") == 1
     assert (
         value(m, "gateway_quota_limit", team="ml", metric="requests", window="day", scope="gpt-4o*")
@@ -145,12 +148,15 @@ async def test_bounded_error_and_quota_series_exist_at_zero_from_the_start(
     for mode in ("local", "open", "closed"):
         assert at_zero("gateway_store_fallbacks_total", mode=mode), mode
     for team, metric in (("ml", "requests"), ("ml", "completion_tokens"), ("web", "requests")):
-        assert at_zero("gateway_quota_rejections_total", team=team, metric=metric)
+        for reason in ("exhausted", "congested"):
+            assert at_zero(
+                "gateway_quota_rejections_total", team=team, metric=metric, reason=reason
+            )
         assert at_zero("gateway_quota_clamps_total", team=team, metric=metric)
     # Only the metrics a team's rules can refuse on: bounded by the config.
     assert (
         "gateway_quota_rejections_total",
-        frozenset({("team", "web"), ("metric", "completion_tokens")}),
+        frozenset({("team", "web"), ("metric", "completion_tokens"), ("reason", "exhausted")}),
     ) not in samples
     assert not any(
         name == "gateway_quota_rejections_total" and ("team", "free") in labels
@@ -163,5 +169,7 @@ async def test_bounded_error_and_quota_series_exist_at_zero_from_the_start(
     path.write_text(json.dumps(base_config(upstream.url, teams=teams)))
     assert ConfigReloader(path, gw.runner.app[STATE], env={}).reload()
     samples = await scrape(gw)
-    assert at_zero("gateway_quota_rejections_total", team="new", metric="completion_tokens")
+    assert at_zero(
+        "gateway_quota_rejections_total", team="new", metric="completion_tokens", reason="exhausted"
+    )
     assert at_zero("gateway_quota_clamps_total", team="new", metric="completion_tokens")

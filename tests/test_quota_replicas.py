@@ -18,7 +18,7 @@ from gateway.quota.store import keys
 from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess
-from tests.test_quota_gateway import MESSAGES, wait_until
+from tests.test_quota_gateway import MESSAGES
 
 pytestmark = pytest.mark.slow
 
@@ -139,28 +139,14 @@ async def test_killed_replica_reservation_expires(
         assert await reserved() == 9995  # 5 left: below the useful minimum
         assert await check.zcard(keys.reservation_index(prefix, "ml")) == 1
         survivor_client = openai.AsyncOpenAI(base_url=survivor.url, api_key=token(), max_retries=0)
-        with pytest.raises(openai.RateLimitError):
-            await survivor_client.chat.completions.create(
-                model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=2000
-            )
-
-        async def expired() -> bool:
-            # Any store call on the team purges expired holds; the usage endpoint is one.
-            async with (
-                aiohttp.ClientSession() as s,
-                s.get(
-                    survivor.url + "/gateway/usage", headers={"Authorization": f"Bearer {token()}"}
-                ) as r,
-            ):
-                body = await r.json()
-            return bool(body["rules"][0]["reserved"] == 0)
-
-        await wait_until(expired, within_seconds=10)
-        assert await reserved() == 0
+        # The dead replica's reservation holds the budget: congested, not exhausted. The
+        # request waits (no settlement will ever announce itself; the waiters' poll sees the
+        # hold expire) and is answered in full instead of refused.
         done = await survivor_client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=2000
         )
-        assert done.choices
+        assert done.choices and done.choices[0].finish_reason == "stop"
+        assert await reserved() == 0
     finally:
         doomed.stop()
         survivor.stop()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.quota.store import keys
-from gateway.quota.store.base import QuotaStore, WindowCharge
+from gateway.quota.store.base import QuotaStore, ReserveOutcome, WindowCharge
 from gateway.quota.store.memory import MemoryQuotaStore
 from gateway.quota.store.redis import RedisQuotaStore
 from gateway.storage.client import connect
@@ -44,9 +44,17 @@ async def reserve(
     minimum: int = 1,
     now: float = NOW,
     hold: float = HOLD,
-):
+    last_try: bool = False,
+) -> ReserveOutcome:
     return await store.reserve(
-        "team", rid, charges, requested_output=want, min_output=minimum, now=now, hold_until=hold
+        "team",
+        rid,
+        charges,
+        requested_output=want,
+        min_output=minimum,
+        now=now,
+        hold_until=hold,
+        last_try=last_try,
     )
 
 
@@ -56,21 +64,42 @@ async def state(
     return [(u.used, u.reserved) for u in await store.peek("team", charges, now=now)]
 
 
-async def test_reserve_grants_what_fits_and_clamps_the_rest(store: QuotaStore) -> None:
+async def test_reservations_in_the_way_are_congestion_not_a_clamp(store: QuotaStore) -> None:
     c = [charge(limit=1000)]
     first = await reserve(store, "a", c, 700)
     assert first.granted and first.output == 700 and first.remaining == (300,)
     second = await reserve(store, "b", c, 700)
-    assert second.granted and second.output == 300 and second.blocked == 0
-    assert second.remaining == (0,)
+    assert second.state == "congested" and second.blocked == 0 and second.remaining == (300,)
+    assert await state(store, c) == [(0, 700)]  # nothing reserved for the congested one
+    # Its last try (after waiting the whole timeout) takes what the reservations leave.
+    last = await reserve(store, "b", c, 700, last_try=True)
+    assert last.granted and last.output == 300 and last.blocked == 0
+    assert last.remaining == (0,)
     assert await state(store, c) == [(0, 1000)]
 
 
-async def test_refuses_below_the_useful_minimum(store: QuotaStore) -> None:
+async def test_spent_budget_is_exhausted_and_clamps_by_usage_only(store: QuotaStore) -> None:
+    c = [charge(limit=1000)]
+    await reserve(store, "a", c, 900)
+    await store.settle("team", "a", c, [900], [900], now=NOW)
+    clamped = await reserve(store, "b", c, 700)  # usage leaves 100: clamped, not congested
+    assert clamped.granted and clamped.output == 100 and clamped.blocked == 0
+    waits = await reserve(store, "c", c, 50, minimum=16)
+    assert waits.state == "congested"  # b may leave some of its 100 unused
+    await store.settle("team", "b", c, [100], [100], now=NOW)
+    exhausted = await reserve(store, "c", c, 50, minimum=16)
+    assert exhausted.state == "exhausted" and exhausted.blocked == 0
+    assert exhausted.remaining == (0,)
+    assert await state(store, c) == [(1000, 0)]
+
+
+async def test_below_the_useful_minimum_on_the_last_try_is_still_refused(
+    store: QuotaStore,
+) -> None:
     c = [charge(limit=100)]
     assert (await reserve(store, "a", c, 95)).granted
-    refused = await reserve(store, "b", c, 50, minimum=16)
-    assert not refused.granted and refused.blocked == 0 and refused.remaining == (5,)
+    refused = await reserve(store, "b", c, 50, minimum=16, last_try=True)
+    assert refused.state == "congested" and refused.blocked == 0 and refused.remaining == (5,)
     assert await state(store, c) == [(0, 95)]
 
 
@@ -79,8 +108,11 @@ async def test_all_or_nothing_across_windows(store: QuotaStore) -> None:
     requests = charge("requests:minute:all:1", limit=1, fixed=1, per=0)
     assert (await reserve(store, "a", [tokens, requests], 100)).granted
     refused = await reserve(store, "b", [tokens, requests], 100)
-    assert not refused.granted and refused.blocked == 1
+    assert refused.state == "congested" and refused.blocked == 1
     assert await state(store, [tokens, requests]) == [(0, 100), (0, 1)]
+    await store.settle("team", "a", [tokens, requests], [100, 1], [10, 1], now=NOW)
+    used_up = await reserve(store, "c", [tokens, requests], 100)
+    assert used_up.state == "exhausted" and used_up.blocked == 1
 
 
 async def test_choices_multiply_the_output_reservation(store: QuotaStore) -> None:
@@ -135,6 +167,7 @@ async def test_concurrent_reserves_never_exceed_the_limit(store: QuotaStore) -> 
     granted = sum(o.output for o in outcomes if o.granted)
     assert granted == 10_000
     assert sum(1 for o in outcomes if o.granted) == 20
+    assert all(o.state == "congested" for o in outcomes if not o.granted)
 
 
 async def test_redis_keys_share_the_team_hash_tag(redis_server: RedisProcess) -> None:

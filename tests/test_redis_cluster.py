@@ -188,6 +188,40 @@ async def test_cache_purge_command_runs_against_a_cluster(
     assert await _purge(config, "team:ml") == 12
 
 
+async def test_caps_hold_under_concurrency_across_two_replicas_on_the_cluster(
+    make_gateway, redis_cluster: ClusterProcess, cluster_client: RedisCluster
+) -> None:
+    names = spread_teams(redis_cluster, per_node=1)
+    config = cluster_gateway_config(redis_cluster, names, 2000)
+    replicas = [await make_gateway(**config) for _ in range(2)]
+    prefix = replicas[0].config.store.key_prefix
+    burn = {"x-mock-completion-tokens": "1000"}  # the model would use far more than allowed
+
+    async def one(team: str, i: int) -> int:
+        gw = replicas[i % 2]
+        client = openai.AsyncOpenAI(base_url=gw.url, api_key=token(team), max_retries=0)
+        try:
+            done = await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                max_completion_tokens=300,
+                extra_headers=burn,
+            )
+        except openai.RateLimitError:
+            return 0
+        assert done.usage is not None
+        return done.usage.completion_tokens
+
+    results = await asyncio.gather(*(one(team, i) for team in names for i in range(20)))
+    for t, team in enumerate(names):
+        received = sum(results[t * 20 : (t + 1) * 20])
+        assert 2000 - 16 <= received <= 2000, team
+        used = 0
+        async for key in cluster_client.scan_iter(match=f"{prefix}:{{{team}}}:q:*"):
+            used += int(await cluster_client.hget(key, "used") or 0)
+        assert used == received, team
+
+
 async def test_background_responses_of_teams_on_every_node_settle(
     make_gateway, redis_cluster: ClusterProcess
 ) -> None:

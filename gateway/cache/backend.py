@@ -21,7 +21,6 @@ never fails a request).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections import OrderedDict
@@ -32,7 +31,8 @@ from typing import Protocol
 
 from gateway.storage.batching import ScriptBatcher
 from gateway.storage.client import RedisClient, decodes_responses, scan_keys
-from gateway.storage.errors import StoreError, StoreReplyError, guarded
+from gateway.storage.errors import StoreReplyError, guarded
+from gateway.storage.pubsub import listen
 
 __all__ = [
     "CacheBackend",
@@ -207,21 +207,13 @@ class RedisCacheBackend:
         return self._entry_prefix + "purged"
 
     async def listen_for_purges(self, on_purge: Callable[[str | None], None]) -> None:
-        """Call ``on_purge(scope)`` for every purge any process makes; runs until cancelled,
-        resubscribing after connection trouble."""
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                async with guarded("redis cache purge listener"):
-                    await pubsub.subscribe(self.purge_channel)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            scope = message["data"].decode()
-                            on_purge(None if scope == "*" else scope)
-            except StoreError:
-                await asyncio.sleep(1.0)  # Redis away: the first level expires entries anyway
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        """Call ``on_purge(scope)`` for every purge any process makes; runs until cancelled."""
+
+        def purged(data: bytes) -> None:
+            scope = data.decode()
+            on_purge(None if scope == "*" else scope)
+
+        await listen(self._redis, self.purge_channel, purged, what="redis cache purge listener")
 
     async def close(self) -> None:
         if self._close_client:

@@ -50,7 +50,16 @@ class RecordedRequest:
     json: dict[str, Any] | None  # the parsed body when it was a JSON object
 
 
+@dataclass(slots=True)
+class InFlight:
+    """Requests being answered right now, and the most at once: tests of concurrency caps."""
+
+    now: int = 0
+    peak: int = 0
+
+
 REQUESTS_KEY = web.AppKey("mock_upstream_requests", list[RecordedRequest])
+IN_FLIGHT_KEY = web.AppKey("mock_upstream_in_flight", InFlight)
 GATES_KEY = web.AppKey("mock_upstream_gates", dict[str, Gate])
 STATE_KEY = web.AppKey("mock_upstream_state", MockState)
 
@@ -70,10 +79,17 @@ class _MockServer:
         self.requests: list[RecordedRequest] = []
         self.gates: dict[str, Gate] = {}
         self.state = MockState()
+        self.in_flight = InFlight()
 
     def route(self, endpoint: Endpoint, *, json_body: bool) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
-            return await self.handle(request, endpoint, json_body)
+            in_flight = self.in_flight
+            in_flight.now += 1
+            in_flight.peak = max(in_flight.peak, in_flight.now)
+            try:
+                return await self.handle(request, endpoint, json_body)
+            finally:
+                in_flight.now -= 1
 
         return handler
 
@@ -193,6 +209,7 @@ def create_mock_app(
     app[REQUESTS_KEY] = server.requests
     app[GATES_KEY] = server.gates
     app[STATE_KEY] = server.state
+    app[IN_FLIGHT_KEY] = server.in_flight
     for prefix in ("/v1", ""):
         for method, path, endpoint, json_body in _ROUTES:
             handler = server.route(endpoint, json_body=json_body)
@@ -216,6 +233,7 @@ class MockUpstream:
         self.root_url = f"http://{url_host}:{port}"
         self.url = self.root_url + "/v1"
         self.requests: list[RecordedRequest] = self.app[REQUESTS_KEY]
+        self.in_flight: InFlight = self.app[IN_FLIGHT_KEY]
 
     def gate(self, name: str) -> Gate:
         """The gate streams sent with ``x-mock-gate: name`` wait on (created on first use)."""

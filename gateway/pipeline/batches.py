@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import apis, json_codec
 from gateway.apis import BAD_JSON, ApiSpec
-from gateway.errors import GatewayError, InvalidRequestError, QuotaExceededError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
 from gateway.pipeline.forward import Call, forward
 from gateway.pipeline.jobs import settle_if_terminal
@@ -151,17 +151,12 @@ def _check_line(
 async def _reserve(call: Call, plan: QuotaPlan) -> Reservation | None:
     if not plan.windows:
         return None
-    state = call.state
-    try:
-        return await state.quotas.reserve(
-            call.team_name,
-            call.exchange.request_id,
-            plan,
-            hold_seconds=call.config.admission.background_hold_seconds,
-        )
-    except QuotaExceededError as exc:
-        state.metrics.quota_rejections.labels(team=call.team_name, metric=exc.metric or "").inc()
-        raise
+    return await call.state.quotas.reserve(
+        call.team_name,
+        call.exchange.request_id,
+        plan,
+        hold_seconds=call.config.admission.background_hold_seconds,
+    )
 
 
 async def _create(

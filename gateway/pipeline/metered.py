@@ -17,7 +17,7 @@ from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
-from gateway.errors import GatewayError, InvalidRequestError, QuotaExceededError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
@@ -168,8 +168,6 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     call = metered.call
     state, team_name, exchange = call.state, call.team_name, call.exchange
     rules = call.config.quota_rules(team_name)
-    if not rules:
-        return None
     hold = state.quotas.hold_seconds
     if metered.background:
         hold = call.config.admission.background_hold_seconds
@@ -181,16 +179,15 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
         body_bytes=len(metered.raw),
         now=state.quotas.clock(),
         hold_seconds=hold,
+        # A background response is not a request in flight here: it must not hold a slot
+        # for the hours it may run.
+        max_concurrent=None if metered.background else call.config.max_concurrent(team_name),
     )
-    if not plan.windows:
+    if not plan.charges:
         return None
-    try:
-        reservation = await state.quotas.reserve(
-            team_name, exchange.request_id, plan, hold_seconds=hold
-        )
-    except QuotaExceededError as exc:
-        state.metrics.quota_rejections.labels(team=team_name, metric=exc.metric or "").inc()
-        raise
+    reservation = await state.quotas.reserve(
+        team_name, exchange.request_id, plan, hold_seconds=hold
+    )
     exchange.extra["reserved_output"] = reservation.output
     if reservation.clamped_by is not None:
         state.metrics.quota_clamps.labels(team=team_name, metric=reservation.clamped_by).inc()

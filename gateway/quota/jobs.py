@@ -18,6 +18,7 @@ from typing import Literal
 
 from gateway import json_codec
 from gateway.apis import Usage
+from gateway.quota.policy import CONCURRENCY
 from gateway.quota.service import QuotaService, Reservation
 from gateway.quota.store.base import QuotaStore, WindowCharge
 from gateway.storage.errors import StoreError
@@ -87,6 +88,8 @@ def job_amounts(metrics: Sequence[str], usage: Usage, requests: int) -> list[int
             amounts.append(usage.prompt_tokens)
         elif metric == "total_tokens":
             amounts.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
+        elif metric == CONCURRENCY:
+            amounts.append(0)  # a finished job is no longer in flight
         else:
             amounts.append(requests)
     return amounts
@@ -123,7 +126,9 @@ class JobLedger:
             request_id=reservation.request_id,
             charges=reservation.plan.charges,
             reserved=tuple(reservation.reserved),
-            metrics=tuple(w.rule.metric for w in reservation.plan.windows),
+            metrics=tuple(
+                reservation.plan.metric_of(i) for i in range(len(reservation.plan.charges))
+            ),
             opened_at=now,
             hold_until=now + hold_seconds,
             endpoint=endpoint,
@@ -163,6 +168,7 @@ class JobLedger:
             self.quotas.metrics.store_errors.labels(operation="job_settle").inc()
             raise
         if settled:
+            self.quotas.queue.notify(team)  # this replica's waiters (others hear the store)
             log.info(
                 "job settled",
                 extra={"team": team, "job": job_id, "kind": job.kind, "charged": actual},

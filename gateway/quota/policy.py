@@ -43,16 +43,29 @@ class PlannedWindow:
     charge: WindowCharge
 
 
+#: The ``metric`` label of refusals and clamps by the concurrency cap.
+CONCURRENCY = "concurrent_requests"
+#: The counter of requests in flight: reserved 1 while a request runs, never ``used``.
+CONCURRENCY_KEY = "inflight"
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaPlan:
     windows: tuple[PlannedWindow, ...]
     requested_output: int  # per choice; 0 for APIs without output tokens
     min_output: int
     choices: int
+    #: The team's cap on requests in flight, charged after the windows; ``None`` = no cap.
+    concurrency: WindowCharge | None = None
 
     @property
     def charges(self) -> tuple[WindowCharge, ...]:
-        return tuple(w.charge for w in self.windows)
+        charges = tuple(w.charge for w in self.windows)
+        return charges if self.concurrency is None else (*charges, self.concurrency)
+
+    def metric_of(self, index: int) -> str:
+        """The metric of the ``index``-th charge (a window's, or the concurrency cap)."""
+        return CONCURRENCY if index >= len(self.windows) else self.windows[index].rule.metric
 
 
 def rule_applies(rule: QuotaRule, model: str | None) -> bool:
@@ -86,6 +99,7 @@ def plan_request(
     body_bytes: int,
     now: float,
     hold_seconds: float,
+    max_concurrent: int | None = None,
 ) -> QuotaPlan:
     output = requested_output(info, profile, team)
     choices = max(1, info.n) if info.api.produces_output else 0
@@ -108,11 +122,21 @@ def plan_request(
         # Two identical rules share one counter; the stricter limit is the one that holds.
         if known is None or rule.limit < known.rule.limit:
             by_key[key] = PlannedWindow(rule, window, charge)
+    concurrency = None
+    if max_concurrent is not None:
+        concurrency = WindowCharge(
+            key=CONCURRENCY_KEY,
+            limit=max_concurrent,
+            fixed=1,
+            per_output=0,
+            expires_at=now + hold_seconds + COUNTER_RETENTION_SECONDS,
+        )
     return QuotaPlan(
         windows=tuple(by_key.values()),
         requested_output=output,
         min_output=min(info.api.min_output_tokens(profile), output),
         choices=choices,
+        concurrency=concurrency,
     )
 
 
@@ -143,11 +167,13 @@ def actual_amounts(plan: QuotaPlan, usage: Usage) -> list[int]:
             amounts.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
         else:
             amounts.append(1)
+    if plan.concurrency is not None:
+        amounts.append(0)  # a finished request is no longer in flight
     return amounts
 
 
 def reserved_amounts(plan: QuotaPlan, output: int) -> list[int]:
-    return [w.charge.fixed + w.charge.per_output * output for w in plan.windows]
+    return [c.fixed + c.per_output * output for c in plan.charges]
 
 
 def _iso(ts: float) -> str:
@@ -163,7 +189,7 @@ def rate_limit_headers(plan: QuotaPlan, remaining: tuple[int, ...], now: float) 
     headers: dict[str, str] = {}
     for suffix, is_requests in (("tokens", False), ("requests", True)):
         tightest: tuple[int, PlannedWindow] | None = None
-        for planned, left in zip(plan.windows, remaining, strict=True):
+        for planned, left in zip(plan.windows, remaining, strict=False):
             if (planned.rule.metric == "requests") != is_requests:
                 continue
             if tightest is None or left < tightest[0]:
@@ -179,30 +205,69 @@ def rate_limit_headers(plan: QuotaPlan, remaining: tuple[int, ...], now: float) 
 def quota_exceeded(
     team: str, plan: QuotaPlan, outcome: ReserveOutcome, now: float
 ) -> QuotaExceededError:
+    """The 429 for a refused reservation.
+
+    Exhausted (settled usage leaves too little): OpenAI's ``insufficient_quota`` with
+    ``x-should-retry: false`` when the window resets beyond what an SDK would wait, else
+    ``rate_limit_exceeded`` with the reset as ``retry-after``. Congested (reservations of
+    requests in flight hold the budget, after waiting for them as long as allowed):
+    ``rate_limit_exceeded`` with a short ``retry-after``; they settle soon.
+    """
     index = outcome.blocked if outcome.blocked is not None else 0
+    headers = rate_limit_headers(plan, outcome.remaining, now)
+    if index >= len(plan.windows):
+        assert plan.concurrency is not None
+        return _congested(
+            f"Too many requests in flight for team '{team}': at most {plan.concurrency.limit} "
+            "at a time. Retry shortly.",
+            CONCURRENCY,
+            "requests",
+            headers,
+        )
     planned = plan.windows[index]
     rule = planned.rule
     left = max(0, outcome.remaining[index])
     needed = planned.charge.fixed + planned.charge.per_output * plan.min_output
+    kind = "requests" if rule.metric == "requests" else "tokens"
+    if outcome.state == "congested":
+        return _congested(
+            f"Quota busy for team '{team}': {rule.metric} limit {rule.limit} per "
+            f"{rule.window}{_scope(rule)}; requests in flight hold all but {left}, this request "
+            f"needs at least {needed}. They settle within seconds: retry shortly.",
+            rule.metric,
+            kind,
+            headers,
+        )
     resets_in = planned.window.resets_in(now)
     message = (
         f"Quota exceeded for team '{team}': {rule.metric} limit {rule.limit} per "
-        f"{rule.window}{_scope(rule)}; {left} left (including requests in flight), this "
-        f"request needs at least {needed}. The window resets at {_iso(planned.window.end)} "
-        f"(in {go_duration(resets_in)})."
+        f"{rule.window}{_scope(rule)} is used up; this request needs at least {needed}. "
+        f"The window resets at {_iso(planned.window.end)} (in {go_duration(resets_in)})."
     )
     wait = max(1.0, resets_in)
-    headers = rate_limit_headers(plan, outcome.remaining, now)
     headers["retry-after"] = str(int(-(-wait // 1)))
     headers["retry-after-ms"] = str(int(wait * 1000))
-    if resets_in > SDK_RETRY_HORIZON_SECONDS:
+    beyond_sdk_retry = resets_in > SDK_RETRY_HORIZON_SECONDS
+    code = "rate_limit_exceeded"
+    if beyond_sdk_retry:
         headers["x-should-retry"] = "false"
-    error = QuotaExceededError(
-        message,
-        type="requests" if rule.metric == "requests" else "tokens",
-        code="rate_limit_exceeded",
-        param=None,
-        headers=headers,
-    )
+        code = kind = "insufficient_quota"
+    error = QuotaExceededError(message, type=kind, code=code, param=None, headers=headers)
     error.metric = rule.metric
+    error.reason = "exhausted"
+    return error
+
+
+#: What a congested refusal tells the SDKs to wait: reservations settle within seconds.
+CONGESTED_RETRY_SECONDS = 2
+
+
+def _congested(message: str, metric: str, kind: str, headers: dict[str, str]) -> QuotaExceededError:
+    headers["retry-after"] = str(CONGESTED_RETRY_SECONDS)
+    headers["retry-after-ms"] = str(CONGESTED_RETRY_SECONDS * 1000)
+    error = QuotaExceededError(
+        message, type=kind, code="rate_limit_exceeded", param=None, headers=headers
+    )
+    error.metric = metric
+    error.reason = "concurrency" if metric == CONCURRENCY else "congested"
     return error

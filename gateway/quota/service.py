@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.apis import Usage
-from gateway.config import QuotaRule
-from gateway.errors import StoreUnavailableError
+from gateway.config import AdmissionConfig, QuotaRule
+from gateway.errors import QuotaExceededError, StoreUnavailableError
 from gateway.metrics import Metrics
+from gateway.quota.admission import AdmissionQueue, QueueFull
 from gateway.quota.policy import (
     QuotaPlan,
     actual_amounts,
@@ -89,7 +90,17 @@ class QuotaService:
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
         self.breaker = breaker if breaker is not None else StoreBreaker()
+        self.queue = AdmissionQueue(timeout_seconds=30.0, max_queued=1000, poll_seconds=1.0)
         self._background: set[asyncio.Task[None]] = set()
+
+    def configure_admission(self, admission: AdmissionConfig) -> None:
+        self.queue.timeout_seconds = admission.queue_timeout_seconds
+        self.queue.max_queued = admission.max_queued_per_team
+        self.queue.poll_seconds = admission.poll_seconds
+
+    async def listen_for_frees(self) -> None:
+        """Wake this replica's waiters when another replica frees their team's budget."""
+        await self.store.listen_for_frees(self.queue.notify)
 
     async def reserve(
         self, team: str, request_id: str, plan: QuotaPlan, *, hold_seconds: float | None = None
@@ -102,7 +113,13 @@ class QuotaService:
         store: QuotaStore | None = self.store
         try:
             self.breaker.check()
-            outcome = await self._reserve_in(self.store, team, request_id, plan, now, hold)
+            if self.queue.has_waiters(team):
+                # Others of the team wait already: queue behind them (first come, first in).
+                outcome = await self._queued(self.store, team, request_id, plan, hold)
+            else:
+                outcome = await self._reserve_in(self.store, team, request_id, plan, now, hold)
+                if outcome.state == "congested":
+                    outcome = await self._queued(self.store, team, request_id, plan, hold)
             self.breaker.succeeded()
         except StoreError as exc:
             if not isinstance(exc, StoreSkippedError):
@@ -123,8 +140,13 @@ class QuotaService:
                 return Reservation(team, request_id, plan, plan.requested_output, None, [])
             store = self.local
             outcome = await self._reserve_in(self.local, team, request_id, plan, now, hold)
+            if outcome.state == "congested":
+                outcome = await self._queued(self.local, team, request_id, plan, hold)
         if not outcome.granted:
-            raise quota_exceeded(team, plan, outcome, now)
+            now = self.clock()
+            error = quota_exceeded(team, plan, outcome, now)
+            self._count_rejection(team, error)
+            raise error
         return Reservation(
             team=team,
             request_id=request_id,
@@ -134,11 +156,43 @@ class QuotaService:
             reserved=reserved_amounts(plan, outcome.output),
             headers=rate_limit_headers(plan, outcome.remaining, now),
             clamped_by=(
-                plan.windows[outcome.blocked].rule.metric
+                plan.metric_of(outcome.blocked)
                 if outcome.blocked is not None and outcome.output < plan.requested_output
                 else None
             ),
         )
+
+    async def _queued(
+        self, store: QuotaStore, team: str, request_id: str, plan: QuotaPlan, hold: float
+    ) -> ReserveOutcome:
+        """Wait in the team's queue until the reservation fits (or its last try)."""
+
+        async def attempt(last_try: bool) -> ReserveOutcome:
+            return await self._reserve_in(
+                store, team, request_id, plan, self.clock(), hold, last_try=last_try
+            )
+
+        async def abandon(_: ReserveOutcome) -> None:
+            await store.cancel(team, request_id)
+
+        if self.queue.timeout_seconds <= 0:
+            return await attempt(True)
+        started = time.perf_counter()
+        gauge = self.metrics.quota_queued.labels(team=team)
+        gauge.inc()
+        try:
+            return await self.queue.wait(team, attempt, abandon)
+        except QueueFull:
+            outcome = await attempt(True)  # a full queue: what is left now, or 429
+            return outcome
+        finally:
+            gauge.dec()
+            self.metrics.quota_queue_wait.labels(team=team).observe(time.perf_counter() - started)
+
+    def _count_rejection(self, team: str, error: QuotaExceededError) -> None:
+        self.metrics.quota_rejections.labels(
+            team=team, metric=error.metric or "", reason=error.reason or "exhausted"
+        ).inc()
 
     async def _reserve_in(
         self,
@@ -148,6 +202,8 @@ class QuotaService:
         plan: QuotaPlan,
         now: float,
         hold_seconds: float,
+        *,
+        last_try: bool = False,
     ) -> ReserveOutcome:
         return await store.reserve(
             team,
@@ -157,6 +213,9 @@ class QuotaService:
             min_output=plan.min_output,
             now=now,
             hold_until=now + hold_seconds,
+            last_try=last_try,
+            # Outlives the longest wait by a poll or two, so settlements keep announcing.
+            waiting_seconds=self.queue.timeout_seconds + 2 * self.queue.poll_seconds,
         )
 
     async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:
@@ -175,6 +234,7 @@ class QuotaService:
             actual = actual_amounts(reservation.plan, usage)
         try:
             await self._settle(reservation, actual)
+            self.queue.notify(reservation.team)
         except StoreError as exc:
             self.metrics.store_errors.labels(operation="quota_settle").inc()
             if reservation.store is self.store:

@@ -7,34 +7,9 @@ from typing import Any
 import pytest
 
 from gateway import apis
-from gateway.apis import ApiSpec, RequestInfo, Usage
+from gateway.apis import RequestInfo, Usage
 from gateway.errors import InvalidRequestError
-
-
-def with_output_limit(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_output_limit(info, body, *args)
-
-
-def with_usage_requested(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_usage_requested(info, body, *args)
-
-
-def _info(api: ApiSpec, body: dict[str, Any]) -> RequestInfo:
-    return api.parse(body)
-
-
-CHAT_USAGE = {
-    "prompt_tokens": 24,
-    "completion_tokens": 70,
-    "total_tokens": 94,
-    "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 0},
-    "completion_tokens_details": {
-        "reasoning_tokens": 64,
-        "audio_tokens": 0,
-        "accepted_prediction_tokens": 0,
-        "rejected_prediction_tokens": 0,
-    },
-}
+from tests.apis.samples import CHAT_USAGE
 
 
 def test_parse_chat_full() -> None:
@@ -129,51 +104,51 @@ def test_parse_wrong_include_usage(value: object) -> None:
 
 def test_with_output_limit_chat_default_field() -> None:
     body = {"model": "m", "messages": []}
-    out = with_output_limit(_info(apis.CHAT, body), body, 100)
+    out = apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 100)
     assert out == {"model": "m", "messages": [], "max_completion_tokens": 100}
     assert body == {"model": "m", "messages": []}  # input untouched
 
 
 def test_with_output_limit_chat_max_tokens_only() -> None:
     body = {"model": "m", "max_tokens": 500}
-    out = with_output_limit(_info(apis.CHAT, body), body, 100)
+    out = apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 100)
     assert out == {"model": "m", "max_tokens": 100}
 
 
 def test_with_output_limit_chat_both_fields() -> None:
     body = {"model": "m", "max_tokens": 500, "max_completion_tokens": 800}
-    out = with_output_limit(_info(apis.CHAT, body), body, 100)
+    out = apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 100)
     assert out == {"model": "m", "max_tokens": 100, "max_completion_tokens": 100}
     body = {"model": "m", "max_tokens": 50, "max_completion_tokens": 800}
-    out = with_output_limit(_info(apis.CHAT, body), body, 100)
+    out = apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 100)
     # The client's own tighter bound stays, and the written field never exceeds it.
     assert out == {"model": "m", "max_tokens": 50, "max_completion_tokens": 50}
 
 
 def test_with_usage_requested_preserves_options() -> None:
     body = {"model": "m", "stream": True, "stream_options": {"include_obfuscation": False}}
-    out = with_usage_requested(_info(apis.CHAT, body), body)
+    out = apis.CHAT.with_usage_requested(apis.CHAT.parse(body), body)
     assert out["stream_options"] == {"include_obfuscation": False, "include_usage": True}
     assert body["stream_options"] == {"include_obfuscation": False}  # nested dict not mutated
 
 
 def test_with_usage_requested_cases() -> None:
     body: dict[str, Any] = {"model": "m", "stream": True}
-    out = with_usage_requested(_info(apis.CHAT, body), body)
+    out = apis.CHAT.with_usage_requested(apis.CHAT.parse(body), body)
     assert out == {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
     body = {"model": "m", "stream": True, "stream_options": None}
-    out = with_usage_requested(_info(apis.COMPLETIONS, body), body)
+    out = apis.COMPLETIONS.with_usage_requested(apis.COMPLETIONS.parse(body), body)
     assert out["stream_options"] == {"include_usage": True}
     body = {"model": "m", "stream": True, "stream_options": {"include_usage": False}}
-    assert with_usage_requested(_info(apis.CHAT, body), body)["stream_options"] == {
+    assert apis.CHAT.with_usage_requested(apis.CHAT.parse(body), body)["stream_options"] == {
         "include_usage": True
     }
     body = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
-    assert with_usage_requested(_info(apis.CHAT, body), body) is body
+    assert apis.CHAT.with_usage_requested(apis.CHAT.parse(body), body) is body
     body = {"model": "m"}  # not streaming: stream_options would be rejected upstream
-    assert with_usage_requested(_info(apis.CHAT, body), body) is body
+    assert apis.CHAT.with_usage_requested(apis.CHAT.parse(body), body) is body
     body = {"model": "m", "stream": True}
-    assert with_usage_requested(_info(apis.RESPONSES, body), body) is body
+    assert apis.RESPONSES.with_usage_requested(apis.RESPONSES.parse(body), body) is body
 
 
 def test_usage_chat_and_completions() -> None:

@@ -8,43 +8,9 @@ from typing import Any
 import pytest
 
 from gateway import apis, json_codec
-from gateway.apis import MAX_OUTPUT_TOKENS, REASONING_EFFORTS, ApiSpec, RequestInfo, Usage, classify
+from gateway.apis import MAX_OUTPUT_TOKENS, REASONING_EFFORTS, ApiSpec, Usage, classify
 from gateway.errors import InvalidRequestError
-
-
-def with_output_limit(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_output_limit(info, body, *args)
-
-
-def with_reasoning_effort(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_reasoning_effort(info, body, *args)
-
-
-def _info(api: ApiSpec, body: dict[str, Any]) -> RequestInfo:
-    return api.parse(body)
-
-
-CHAT_USAGE = {
-    "prompt_tokens": 24,
-    "completion_tokens": 70,
-    "total_tokens": 94,
-    "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 0},
-    "completion_tokens_details": {
-        "reasoning_tokens": 64,
-        "audio_tokens": 0,
-        "accepted_prediction_tokens": 0,
-        "rejected_prediction_tokens": 0,
-    },
-}
-
-
-RESPONSES_USAGE = {
-    "input_tokens": 11,
-    "input_tokens_details": {"cached_tokens": 3},
-    "output_tokens": 70,
-    "output_tokens_details": {"reasoning_tokens": 64},
-    "total_tokens": 81,
-}
+from tests.apis.samples import CHAT_USAGE, RESPONSES_USAGE
 
 
 @pytest.mark.parametrize(
@@ -174,14 +140,14 @@ def test_parse_error_message_shape() -> None:
 
 def test_with_output_limit_never_loosens() -> None:
     body = {"model": "m", "max_completion_tokens": 20}
-    assert with_output_limit(_info(apis.CHAT, body), body, 100) is body
+    assert apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 100) is body
     body = {"model": "m", "max_output_tokens": 20}
-    assert with_output_limit(_info(apis.RESPONSES, body), body, 100) is body
+    assert apis.RESPONSES.with_output_limit(apis.RESPONSES.parse(body), body, 100) is body
 
 
 def test_with_output_limit_null_field_is_set() -> None:
     body = {"model": "m", "max_completion_tokens": None, "max_tokens": None}
-    out = with_output_limit(_info(apis.CHAT, body), body, 64)
+    out = apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 64)
     assert out == {"model": "m", "max_completion_tokens": 64, "max_tokens": None}
 
 
@@ -194,38 +160,38 @@ def test_with_output_limit_null_field_is_set() -> None:
     ],
 )
 def test_with_output_limit_no_field(api: ApiSpec, body: dict[str, Any]) -> None:
-    assert with_output_limit(_info(api, body), body, 10) is body
+    assert api.with_output_limit(api.parse(body), body, 10) is body
 
 
 def test_with_output_limit_rejects_nonpositive() -> None:
     body = {"model": "m"}
     with pytest.raises(ValueError):
-        with_output_limit(_info(apis.CHAT, body), body, 0)
+        apis.CHAT.with_output_limit(apis.CHAT.parse(body), body, 0)
 
 
 def test_with_reasoning_effort() -> None:
     body: dict[str, Any] = {"model": "m", "reasoning_effort": "high"}
-    assert with_reasoning_effort(_info(apis.CHAT, body), body, "low") == {
+    assert apis.CHAT.with_reasoning_effort(apis.CHAT.parse(body), body, "low") == {
         "model": "m",
         "reasoning_effort": "low",
     }
     assert body["reasoning_effort"] == "high"
-    assert with_reasoning_effort(_info(apis.CHAT, body), body, "high") is body
+    assert apis.CHAT.with_reasoning_effort(apis.CHAT.parse(body), body, "high") is body
 
     reasoning = {"effort": "high", "summary": "auto"}
     body = {"model": "m", "reasoning": reasoning}
-    out = with_reasoning_effort(_info(apis.RESPONSES, body), body, "minimal")
+    out = apis.RESPONSES.with_reasoning_effort(apis.RESPONSES.parse(body), body, "minimal")
     assert out["reasoning"] == {"effort": "minimal", "summary": "auto"}
     assert reasoning == {"effort": "high", "summary": "auto"}
     body = {"model": "m"}
-    assert with_reasoning_effort(_info(apis.RESPONSES, body), body, "low") == {
+    assert apis.RESPONSES.with_reasoning_effort(apis.RESPONSES.parse(body), body, "low") == {
         "model": "m",
         "reasoning": {"effort": "low"},
     }
     body = {"model": "m", "input": "x"}
-    assert with_reasoning_effort(_info(apis.EMBEDDINGS, body), body, "low") is body
+    assert apis.EMBEDDINGS.with_reasoning_effort(apis.EMBEDDINGS.parse(body), body, "low") is body
     with pytest.raises(ValueError):
-        with_reasoning_effort(_info(apis.CHAT, body), body, "turbo")
+        apis.CHAT.with_reasoning_effort(apis.CHAT.parse(body), body, "turbo")
 
 
 @pytest.mark.parametrize("value", [None, [], "x", 3, True])

@@ -5,15 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import apis
-from gateway.apis import ApiSpec, RequestInfo
-
-
-def with_output_limit(info: RequestInfo, body: dict[str, Any], *args: Any) -> dict[str, Any]:
-    return info.api.with_output_limit(info, body, *args)
-
-
-def _info(api: ApiSpec, body: dict[str, Any]) -> RequestInfo:
-    return api.parse(body)
 
 
 def test_parse_completions() -> None:
@@ -36,9 +27,12 @@ def test_parse_completions() -> None:
 
 def test_with_output_limit_completions_and_responses() -> None:
     body: dict[str, Any] = {"model": "m", "prompt": "x"}
-    assert with_output_limit(_info(apis.COMPLETIONS, body), body, 9) == {**body, "max_tokens": 9}
+    assert apis.COMPLETIONS.with_output_limit(apis.COMPLETIONS.parse(body), body, 9) == {
+        **body,
+        "max_tokens": 9,
+    }
     body = {"model": "m", "input": "x", "max_output_tokens": 1000}
-    assert with_output_limit(_info(apis.RESPONSES, body), body, 300) == {
+    assert apis.RESPONSES.with_output_limit(apis.RESPONSES.parse(body), body, 300) == {
         **body,
         "max_output_tokens": 300,
     }

@@ -7,14 +7,7 @@ import pytest
 from gateway import apis, json_codec
 from gateway.apis import RequestInfo, Usage
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
-
-RESPONSES_USAGE = {
-    "input_tokens": 11,
-    "input_tokens_details": {"cached_tokens": 3},
-    "output_tokens": 70,
-    "output_tokens_details": {"reasoning_tokens": 64},
-    "total_tokens": 81,
-}
+from tests.apis.samples import RESPONSES_USAGE
 
 
 def test_parse_responses() -> None:

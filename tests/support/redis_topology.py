@@ -223,6 +223,14 @@ class SentinelSetup:
         ).split()
         return int(out[1])
 
+    def failed_over_from(self, old_port: int) -> bool:
+        """The Sentinel names another primary and no longer flags it down or failing over."""
+        assert self.sentinel is not None
+        out = redis_cli("-p", str(self.sentinel.port), "SENTINEL", "master", self.service)
+        fields = out.split("\n")
+        state = dict(zip(fields[::2], fields[1::2], strict=False))
+        return state.get("port") != str(old_port) and state.get("flags") == "master"
+
     def stop(self) -> None:
         for proc in (self.sentinel, self.replica, self.primary):
             if proc is not None:

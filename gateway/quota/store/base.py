@@ -14,9 +14,13 @@ never does); callers decide what that means.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+#: granted; exhausted: settled usage alone leaves too little (waiting cannot help); congested:
+#: it would fit, but open reservations hold the budget (they settle soon: worth waiting for).
+ReserveState = Literal["granted", "exhausted", "congested"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +40,16 @@ class WindowCharge:
 
 @dataclass(frozen=True, slots=True)
 class ReserveOutcome:
-    granted: bool
+    state: ReserveState
     output: int  # per-choice output budget granted (<= requested)
     blocked: int | None  # index of the charge that refused or bound the request
-    remaining: tuple[
-        int, ...
-    ]  # per charge: what is left after this reservation (before, if refused)
+    #: Per charge: what is left after this reservation (before it, if refused), reservations
+    #: of other requests included.
+    remaining: tuple[int, ...]
+
+    @property
+    def granted(self) -> bool:
+        return self.state == "granted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +69,16 @@ class QuotaStore(Protocol):
         min_output: int,
         now: float,
         hold_until: float,
+        last_try: bool = False,
+        waiting_seconds: float = 60.0,
     ) -> ReserveOutcome:
-        """Check every charge and reserve in all of them, or in none."""
+        """Check every charge and reserve in all of them, or in none.
+
+        The output is clamped only by what settled usage leaves; when open reservations stand
+        in the way the answer is ``congested`` (and the team is marked as having waiters for
+        ``waiting_seconds``, so settlements announce themselves), except on the ``last_try``,
+        which clamps by what the reservations leave instead.
+        """
         ...
 
     async def settle(
@@ -118,6 +134,11 @@ class QuotaStore(Protocol):
 
     async def retire_team(self, team: str) -> None:
         """Drop a team from the reconciler's set once it has no open job."""
+        ...
+
+    async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
+        """Call ``on_freed(team)`` whenever any process settles a team that has waiters; runs
+        until cancelled. (The embedded store returns at once: its process notifies itself.)"""
         ...
 
     async def ping(self) -> None: ...

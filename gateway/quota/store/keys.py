@@ -50,3 +50,13 @@ def open_jobs(prefix: str, team: str) -> str:
 def job_teams(prefix: str) -> str:
     """Set of teams that may have open jobs: what the reconciler reads when idle (one call)."""
     return f"{prefix}:jobteams"
+
+
+def waiting_flag(prefix: str, team: str) -> str:
+    """Exists while a request of the team waits for budget held by reservations."""
+    return f"{team_prefix(prefix, team)}:waiting"
+
+
+def freed_channel(prefix: str) -> str:
+    """Settlements publish a team's name here while it has waiters (one channel for all)."""
+    return f"{prefix}:quota-freed"

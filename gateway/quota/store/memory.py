@@ -1,14 +1,14 @@
 """The embedded quota store: the Redis store's semantics for one process, in memory.
 
 Used when no Redis is configured, and as the ``local`` fallback while Redis is unreachable.
-It mirrors the Lua scripts step for step (purge, check all, reserve all or none; settle
-replaces the reservation), and the same behavioural tests run against both. Every method runs
+It mirrors the Lua scripts step for step (purge, exhausted or congested or reserve all;
+settle replaces the reservation), and the same behavioural tests run against both. Every method runs
 without awaiting, so each call is atomic on the event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.quota.store.base import ReserveOutcome, WindowCharge, WindowUsage
@@ -70,25 +70,31 @@ class MemoryQuotaStore:
         min_output: int,
         now: float,
         hold_until: float,
+        last_try: bool = False,
+        waiting_seconds: float = 60.0,
     ) -> ReserveOutcome:
         self._purge(team, now)
         minimum = min(min_output, requested_output)
         output = requested_output
         binding: int | None = None
+        unspent: list[int] = []
         remaining: list[int] = []
-        for i, charge in enumerate(charges):
+        for charge in charges:
             counter = self._counter(team, charge.key, now)
-            left = charge.limit - (counter.used + counter.reserved if counter else 0)
-            remaining.append(left)
-            if left < charge.fixed:
-                remaining += [0] * (len(charges) - len(remaining))
-                return ReserveOutcome(False, 0, i, tuple(remaining))
+            unspent.append(charge.limit - (counter.used if counter else 0))
+            remaining.append(unspent[-1] - (counter.reserved if counter else 0))
+        for i, charge in enumerate(charges):
+            if unspent[i] < charge.fixed + charge.per_output * minimum:
+                return ReserveOutcome("exhausted", 0, i, tuple(remaining))
             if charge.per_output > 0:
-                cap = (left - charge.fixed) // charge.per_output
+                cap = (unspent[i] - charge.fixed) // charge.per_output
                 if cap < output:
                     output, binding = cap, i
-        if output < minimum or output < 0:
-            return ReserveOutcome(False, 0, binding, tuple(remaining))
+        for i, charge in enumerate(charges):
+            if remaining[i] < charge.fixed + charge.per_output * output:
+                if not last_try or remaining[i] < charge.fixed + charge.per_output * minimum:
+                    return ReserveOutcome("congested", 0, i, tuple(remaining))
+                output, binding = (remaining[i] - charge.fixed) // charge.per_output, i
         reservation = _Reservation(hold_until)
         after: list[int] = []
         for charge, left in zip(charges, remaining, strict=True):
@@ -103,7 +109,7 @@ class MemoryQuotaStore:
             after.append(left - amount)
         if reservation.amounts:
             self._reservations.setdefault(team, {})[request_id] = reservation
-        return ReserveOutcome(True, output, binding, tuple(after))
+        return ReserveOutcome("granted", output, binding, tuple(after))
 
     async def settle(
         self,
@@ -191,6 +197,9 @@ class MemoryQuotaStore:
     async def retire_team(self, team: str) -> None:
         if not self._jobs.get(team, True):
             del self._jobs[team]
+
+    async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
+        return None  # one process: the quota service notifies its own waiters on settling
 
     async def ping(self) -> None:
         return None

@@ -7,15 +7,18 @@ raised as a ``StoreError`` (``gateway.storage.errors``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 from gateway.quota.store import keys
-from gateway.quota.store.base import ReserveOutcome, WindowCharge, WindowUsage
+from gateway.quota.store.base import ReserveOutcome, ReserveState, WindowCharge, WindowUsage
 from gateway.storage.batching import ScriptBatcher
 from gateway.storage.client import RedisClient
 from gateway.storage.errors import guarded
+from gateway.storage.pubsub import listen
+
+_STATES: dict[int, ReserveState] = {1: "granted", 0: "exhausted", 2: "congested"}
 
 
 def _script_source(name: str, *, with_purge: bool = False) -> str:
@@ -60,6 +63,8 @@ class RedisQuotaStore:
         min_output: int,
         now: float,
         hold_until: float,
+        last_try: bool = False,
+        waiting_seconds: float = 60.0,
     ) -> ReserveOutcome:
         args: list[Any] = [
             _ms(now),
@@ -68,6 +73,8 @@ class RedisQuotaStore:
             min_output,
             keys.reservation_record_prefix(self._prefix, team),
             request_id,
+            1 if last_try else 0,
+            max(1, _ms(waiting_seconds)),
         ]
         for charge in charges:
             args += [charge.limit, charge.fixed, charge.per_output, _ms(charge.expires_at)]
@@ -76,13 +83,14 @@ class RedisQuotaStore:
             [
                 keys.reservation_index(self._prefix, team),
                 keys.reservation_record(self._prefix, team, request_id),
+                keys.waiting_flag(self._prefix, team),
                 *self._counters(team, charges),
             ],
             args,
         )
-        granted, output, blocked, *remaining = (int(v) for v in reply)
+        state, output, blocked, *remaining = (int(v) for v in reply)
         return ReserveOutcome(
-            granted=bool(granted),
+            state=_STATES[state],
             output=output,
             blocked=blocked - 1 if blocked else None,
             remaining=tuple(remaining),
@@ -98,7 +106,7 @@ class RedisQuotaStore:
         *,
         now: float,
     ) -> None:
-        args: list[Any] = [request_id]
+        args: list[Any] = [request_id, keys.freed_channel(self._prefix), team]
         for charge, held, used in zip(charges, reserved, actual, strict=True):
             args += [held, used, _ms(charge.expires_at)]
         await self._call(
@@ -106,6 +114,7 @@ class RedisQuotaStore:
             [
                 keys.reservation_index(self._prefix, team),
                 keys.reservation_record(self._prefix, team, request_id),
+                keys.waiting_flag(self._prefix, team),
                 *self._counters(team, charges),
             ],
             args,
@@ -160,7 +169,7 @@ class RedisQuotaStore:
         *,
         now: float,
     ) -> bool:
-        args: list[Any] = [job_id, request_id]
+        args: list[Any] = [job_id, request_id, keys.freed_channel(self._prefix), team]
         for charge, held, used in zip(charges, reserved, actual, strict=True):
             args += [held, used, _ms(charge.expires_at)]
         reply = await self._call(
@@ -169,6 +178,7 @@ class RedisQuotaStore:
                 keys.open_jobs(self._prefix, team),
                 keys.reservation_index(self._prefix, team),
                 keys.reservation_record(self._prefix, team, request_id),
+                keys.waiting_flag(self._prefix, team),
                 *self._counters(team, charges),
             ],
             args,
@@ -190,6 +200,14 @@ class RedisQuotaStore:
             await self._redis.srem(teams, team)
             if await self._redis.hlen(jobs):
                 await self._redis.sadd(teams, team)
+
+    async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
+        await listen(
+            self._redis,
+            keys.freed_channel(self._prefix),
+            lambda data: on_freed(data.decode()),
+            what="redis quota wake-ups",
+        )
 
     async def ping(self) -> None:
         async with guarded("redis quota store"):

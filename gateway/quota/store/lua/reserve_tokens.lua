@@ -1,20 +1,27 @@
--- Check every window of a request and reserve in all of them, or in none.
+-- Check every window of a request and reserve in all of them, or in none, telling a spent
+-- budget (exhausted) apart from one that open reservations hold (congested).
 --
 -- KEYS[1]     reservation index of the team (zset: request id -> hold-until, ms)
 -- KEYS[2]     this request's reservation record (hash: window counter key -> amount)
--- KEYS[3..]   window counters (hash: used, reserved), one per charge
+-- KEYS[3]     the team's "someone waits" flag (settlements publish while it exists)
+-- KEYS[4..]   window counters (hash: used, reserved), one per charge
 -- ARGV[1]     now, ms
 -- ARGV[2]     hold-until of this reservation, ms (after it, the reservation stops counting)
 -- ARGV[3]     requested per-choice output budget, tokens
 -- ARGV[4]     smallest useful output budget, tokens
 -- ARGV[5]     key prefix of reservation records (to purge expired ones)
 -- ARGV[6]     request id
--- ARGV[7+4i..10+4i] per charge i (0-based): limit, fixed, per_output, counter expire-at (ms)
+-- ARGV[7]     1: last try (clamp by what reservations leave); 0: congestion is an answer
+-- ARGV[8]     how long the waiting flag lives, ms
+-- ARGV[9+4i..12+4i] per charge i (0-based): limit, fixed, per_output, counter expire-at (ms)
 --
--- Returns {granted (1|0), output, blocked (1-based charge index or 0), remaining_1..n}:
--- remaining after the reservation when granted, before it when refused.
+-- Returns {state, output, blocked (1-based charge index or 0), remaining_1..n}, where state
+-- is 1 granted, 0 exhausted (settled usage alone leaves too little), 2 congested (it would
+-- fit, but open reservations stand in the way). Remaining: after the reservation when
+-- granted, before it otherwise, reservations included.
 --
--- Expired reservations of the team are purged first (purge_expired.lua).
+-- The output is clamped by what settled usage leaves; by what reservations leave only on the
+-- last try. Expired reservations of the team are purged first (purge_expired.lua).
 
 local now = tonumber(ARGV[1])
 
@@ -23,26 +30,34 @@ purge_expired(KEYS[1], ARGV[5], now)
 local hold_until = tonumber(ARGV[2])
 local requested = tonumber(ARGV[3])
 local minimum = math.min(tonumber(ARGV[4]), requested)
-local n = #KEYS - 2
+local last_try = ARGV[7] == '1'
+local n = #KEYS - 3
 local output = requested
 local binding = 0
+local unspent = {}
 local remaining = {}
 
+local function answer(state, blocked)
+  local reply = {state, 0, blocked}
+  for k = 1, n do reply[3 + k] = remaining[k] end
+  return reply
+end
+
 for i = 1, n do
-  local base = 7 + 4 * (i - 1)
-  local limit = tonumber(ARGV[base])
+  local counter = redis.call('HMGET', KEYS[i + 3], 'used', 'reserved')
+  unspent[i] = tonumber(ARGV[9 + 4 * (i - 1)]) - (tonumber(counter[1]) or 0)
+  remaining[i] = unspent[i] - (tonumber(counter[2]) or 0)
+end
+
+for i = 1, n do
+  local base = 9 + 4 * (i - 1)
   local fixed = tonumber(ARGV[base + 1])
   local per_output = tonumber(ARGV[base + 2])
-  local counter = redis.call('HMGET', KEYS[i + 2], 'used', 'reserved')
-  local left = limit - (tonumber(counter[1]) or 0) - (tonumber(counter[2]) or 0)
-  remaining[i] = left
-  if left < fixed then
-    local refused = {0, 0, i}
-    for k = 1, n do refused[3 + k] = remaining[k] or 0 end
-    return refused
+  if unspent[i] < fixed + per_output * minimum then
+    return answer(0, i)
   end
   if per_output > 0 then
-    local cap = math.floor((left - fixed) / per_output)
+    local cap = math.floor((unspent[i] - fixed) / per_output)
     if cap < output then
       output = cap
       binding = i
@@ -50,23 +65,31 @@ for i = 1, n do
   end
 end
 
-if output < minimum or output < 0 then
-  local refused = {0, 0, binding}
-  for k = 1, n do refused[3 + k] = remaining[k] end
-  return refused
+for i = 1, n do
+  local base = 9 + 4 * (i - 1)
+  local fixed = tonumber(ARGV[base + 1])
+  local per_output = tonumber(ARGV[base + 2])
+  if remaining[i] < fixed + per_output * output then
+    if not last_try or remaining[i] < fixed + per_output * minimum then
+      redis.call('SET', KEYS[3], '1', 'PX', ARGV[8])
+      return answer(2, i)
+    end
+    output = math.floor((remaining[i] - fixed) / per_output)
+    binding = i
+  end
 end
 
 local result = {1, output, binding}
 local recorded = false
 for i = 1, n do
-  local base = 7 + 4 * (i - 1)
+  local base = 9 + 4 * (i - 1)
   local amount = tonumber(ARGV[base + 1]) + tonumber(ARGV[base + 2]) * output
   if amount > 0 then
-    redis.call('HINCRBY', KEYS[i + 2], 'reserved', amount)
-    redis.call('HSET', KEYS[2], KEYS[i + 2], amount)
+    redis.call('HINCRBY', KEYS[i + 3], 'reserved', amount)
+    redis.call('HSET', KEYS[2], KEYS[i + 3], amount)
     recorded = true
   end
-  redis.call('PEXPIREAT', KEYS[i + 2], ARGV[base + 3])
+  redis.call('PEXPIREAT', KEYS[i + 3], ARGV[base + 3])
   result[3 + i] = remaining[i] - amount
 end
 

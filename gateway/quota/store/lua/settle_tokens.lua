@@ -2,22 +2,26 @@
 --
 -- KEYS[1]     reservation index of the team (zset: request id -> hold-until, ms)
 -- KEYS[2]     this request's reservation record
--- KEYS[3..]   window counters (hash: used, reserved), one per charge
+-- KEYS[3]     the team's "someone waits" flag (set by a congested reserve)
+-- KEYS[4..]   window counters (hash: used, reserved), one per charge
 -- ARGV[1]     request id
--- ARGV[2+3i..4+3i] per charge i (0-based): amount reserved, amount to charge, counter
+-- ARGV[2]     channel that tells every replica a team's budget was freed
+-- ARGV[3]     team
+-- ARGV[4+3i..6+3i] per charge i (0-based): amount reserved, amount to charge, counter
 --             expire-at (ms)
 --
 -- If the reservation already expired (and was purged), its amounts no longer count as
 -- reserved; the usage is still charged: settling never under-counts.
--- Returns 1 if the reservation was still open, 0 otherwise.
+-- Publishes the team on the channel only while someone waits, so settling costs nothing extra
+-- when nobody does. Returns 1 if the reservation was still open, 0 otherwise.
 
 local open = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local n = #KEYS - 2
+local n = #KEYS - 3
 for i = 1, n do
-  local base = 2 + 3 * (i - 1)
+  local base = 4 + 3 * (i - 1)
   local reserved = tonumber(ARGV[base])
   local charge = tonumber(ARGV[base + 1])
-  local counter = KEYS[i + 2]
+  local counter = KEYS[i + 3]
   if open and reserved > 0 and redis.call('EXISTS', counter) == 1 then
     redis.call('HINCRBY', counter, 'reserved', -reserved)
   end
@@ -28,5 +32,8 @@ for i = 1, n do
 end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
+if open and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 if open then return 1 end
 return 0
