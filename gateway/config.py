@@ -1,25 +1,26 @@
 """The gateway's configuration: the pydantic models of its one YAML file.
 
 Every model forbids unknown keys: a typo is an error at start, not a silently ignored setting.
-Reading a file, ``${VAR}`` substitution and error messages are in ``gateway.config_loader``.
+Reading a file, ``${VAR}`` substitution and error messages are in ``gateway.config_loader``;
+the store and cache sections in ``gateway.config_storage``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+
+from gateway.config_base import ConfigModel as _Model
+from gateway.config_base import PositiveSeconds as PositiveSeconds
+from gateway.config_base import compile_patterns as compile_patterns
+
+# The state sections live in their own module; importing them from here keeps working.
+from gateway.config_storage import CacheConfig as CacheConfig
+from gateway.config_storage import StoreConfig as StoreConfig
+from gateway.config_storage import TeamCacheConfig as TeamCacheConfig
 
 TEAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -28,18 +29,6 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "
 Algorithm = Literal[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"
 ]
-
-
-def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
-    """fnmatch patterns (case-sensitive) as one regular expression."""
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or r"(?!)")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
 class UpstreamConfig(_Model):
@@ -118,52 +107,6 @@ class AuthConfig(_Model):
         if self.public_key is not None and self.jwks_url is not None:
             raise ValueError("set public_key or jwks_url, not both")
         return self
-
-
-class StoreConfig(_Model):
-    """Shared state (quotas, cache). No redis_url: an embedded in-memory store for one process."""
-
-    redis_url: SecretStr | None = Field(
-        default=None,
-        description="redis://[:password@]host:port/db, rediss:// or unix://: one server, or any "
-        "node of a Redis Cluster (detected). "
-        "redis+sentinel://[:password@]host:26379[,host2:26379...]/service[/db]: the primary "
-        "the Sentinels name for `service`, followed across failovers.",
-    )
-    key_prefix: str = Field(default="gw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    timeout_seconds: PositiveSeconds = Field(
-        default=0.5, description="Bound on every store call; past it the store counts as down."
-    )
-
-    reservation_grace_seconds: PositiveSeconds = Field(
-        default=60.0,
-        description="A reservation is held for upstream.total_timeout_seconds plus this; a "
-        "replica that dies mid-request leaks budget for at most that long.",
-    )
-
-    @field_validator("redis_url", mode="before")
-    @classmethod
-    def _empty_means_embedded(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-    allow_evicting_policy: bool = Field(
-        default=False,
-        description="Start even if the quota Redis has an evicting maxmemory-policy "
-        "(allkeys-*, volatile-*), which can silently drop counters and reset budgets.",
-    )
-    state_check_seconds: PositiveSeconds = Field(
-        default=10.0,
-        description="How often the gateway checks that the quota Redis still holds its marker "
-        "key (gone: state was lost; logged, counted in gateway_quota_state_lost_total).",
-    )
-
-    on_error: Literal["local", "open", "closed"] = Field(
-        default="local",
-        description=(
-            "Quotas when Redis is unreachable: local = enforce with this replica's memory; "
-            "open = admit unmetered; closed = answer 503."
-        ),
-    )
 
 
 class ServerConfig(_Model):
@@ -320,6 +263,17 @@ class ModelProfile(_Model):
         ge=1,
         description="Smallest useful output budget; a request that can't get it is refused (429).",
     )
+    max_output_tokens_per_second: float = Field(
+        default=200.0,
+        gt=0,
+        le=100_000,
+        description=(
+            "Upper bound on the model's generation speed, per choice (reasoning included). When "
+            "a client leaves before the usage arrives, the request is charged the tokens it was "
+            "relayed plus this rate times the seconds the upstream ran, capped by what it "
+            "reserved: set it above the model's fastest real speed, or stops are under-counted."
+        ),
+    )
 
 
 def _default_model_profiles() -> list[ModelProfile]:
@@ -335,63 +289,6 @@ def _default_model_profiles() -> list[ModelProfile]:
             match=["*"], reasoning=False, default_output_tokens=4096, min_output_tokens=16
         ),
     ]
-
-
-class CacheConfig(_Model):
-    """Response cache for deterministic requests (global settings and defaults)."""
-
-    enabled: bool = Field(default=True, description="Master switch.")
-    redis_url: SecretStr | None = Field(
-        default=None,
-        description="Where cache entries live, if not with the quota counters "
-        "(store.redis_url, the default). Same URL forms as store.redis_url. Production: a "
-        "separate, evicting instance (maxmemory + allkeys-lru), so cache entries can never "
-        "evict or crowd out counters.",
-    )
-
-    @field_validator("redis_url", mode="before")
-    @classmethod
-    def _empty_means_store(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-    ttl_seconds: int = Field(default=3600, ge=1, description="How long an entry lives.")
-    max_entry_bytes: int = Field(
-        default=1024 * 1024, ge=1024, description="Larger responses are not stored."
-    )
-    scope: Literal["team", "shared"] = Field(
-        default="team", description="team: entries are private to a team; shared: pooled."
-    )
-    models: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=lambda: ["*"], description="Model patterns whose responses may be cached."
-    )
-    exclude_models: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="Model patterns never cached (wins over `models`)."
-    )
-    images: bool = Field(default=False, description="Cache image generations too.")
-    responses_with_store: bool = Field(
-        default=False,
-        description="Cache Responses API calls whose `store` is not false (they have effects).",
-    )
-    lock_seconds: PositiveSeconds = Field(
-        default=30.0,
-        description="Cross-replica single-flight: how long one replica may hold a request's lock.",
-    )
-    wait_seconds: PositiveSeconds = Field(
-        default=30.0,
-        description="How long an identical request waits for the one in flight before going "
-        "upstream itself.",
-    )
-
-
-class TeamCacheConfig(_Model):
-    """Per-team overrides of the cache settings; unset fields inherit the global ones."""
-
-    enabled: bool | None = None
-    ttl_seconds: int | None = Field(default=None, ge=1)
-    scope: Literal["team", "shared"] | None = None
-    models: list[Annotated[str, Field(min_length=1)]] | None = None
-    exclude_models: list[Annotated[str, Field(min_length=1)]] | None = None
-    images: bool | None = None
 
 
 class TeamConfig(_Model):

@@ -228,7 +228,7 @@ class Metrics:
             registry=r,
         )
         self.quota_state_lost = Counter(
-            "gateway_quota_state_lost",
+            "gateway_quota_state_resets",
             "Times the quota Redis was found without its marker key (flushed, or restarted "
             "without persistence): counters were lost and budgets reset.",
             registry=r,

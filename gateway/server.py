@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
@@ -33,6 +32,7 @@ from gateway.config_loader import ConfigError, format_validation_error, load_con
 from gateway.errors import GatewayError, InternalError, InvalidRequestError
 from gateway.log import configure_logging
 from gateway.pipeline import new_request_id
+from gateway.pipeline.disconnect import WatchedRequestHandler
 from gateway.reload import ConfigReloader
 from gateway.state import STATE, GatewayState
 
@@ -61,10 +61,11 @@ def with_listen_address(
     return config.model_copy(update={"server": server})
 
 
-class _JsonErrorRequestHandler(RequestHandler):
+class _JsonErrorRequestHandler(WatchedRequestHandler):
     """Requests aiohttp cannot parse (or that fail outside the app's middleware) get an
     OpenAI-shaped error. aiohttp's own plain-text page echoes the offending input: a header
-    line with a stray CR after a token would hand the token to whatever logs error bodies."""
+    line with a stray CR after a token would hand the token to whatever logs error bodies.
+    (Watched: the pipeline stops waiting on the upstream for a client that has left.)"""
 
     __slots__ = ()
 
@@ -89,7 +90,7 @@ class _JsonErrorRequestHandler(RequestHandler):
 
 
 class _JsonErrorServer(web.Server):
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> WatchedRequestHandler:
         return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 
 

@@ -122,6 +122,7 @@ async def test_the_whole_cap_is_spent_before_anyone_is_refused(
     used, reserved = await counter(redis_client, gws[0], "ml", "completion_tokens")
     assert reserved == 0 and used == sum(u for u, _ in answers)
     assert 2700 <= used <= 3000
+    print(f"cap spent: {used} of 3000 ({used / 3000:.1%}), {len(refused)} refused after it")
     assert refused, "the cap must run out"
     for error in refused:
         assert error.code == "insufficient_quota"
@@ -250,15 +251,35 @@ async def test_queue_timeout_and_length_are_bounded_and_a_leaver_frees_its_place
             with pytest.raises(openai.RateLimitError):
                 await task
 
-        # A client that gives up while queued leaves the queue.
+    finally:
+        upstream.gate("bounds").release()
+        held.close()
+        await session.close()
+
+
+async def test_a_client_that_gives_up_while_queued_leaves_the_queue(
+    make_gateway: Any, upstream: MockUpstream, redis_server: RedisProcess, redis_client: Any
+) -> None:
+    (gw,) = await shared_gateways(
+        make_gateway,
+        redis_server,
+        1,
+        teams=teams(cap("completion_tokens", 1000)),
+        admission={"queue_timeout_seconds": 60},
+    )
+    session, held = await _hold_the_cap(gw, upstream, "leaver")
+    try:
         impatient = openai.AsyncOpenAI(base_url=gw.url, api_key=token(), max_retries=0, timeout=0.3)
+        started = time.perf_counter()
         with pytest.raises(openai.APITimeoutError):
             await impatient.chat.completions.create(
                 model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=100
             )
         await wait_until(lambda: _count_is(gw, 0), within_seconds=5)
+        assert time.perf_counter() - started < 10  # its disconnect, not the 60 s timeout
+        assert await open_reservations(redis_client, gw) == 1  # only the holder's
     finally:
-        upstream.gate("bounds").release()
+        upstream.gate("leaver").release()
         held.close()
         await session.close()
 

@@ -4,16 +4,19 @@ upstream, the official SDK)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
 from gateway.app import RECONCILER
 from gateway.mock import MockUpstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, token
-from tests.support.jobs import reconcile_until_settled, usage
+from tests.support.jobs import open_jobs, reconcile_until_settled, usage
 from tests.support.redis_proc import RedisProcess
 
 RULES = [
@@ -154,3 +157,26 @@ async def test_background_responses_hold_no_concurrency_slot(
         for response_id in ids:
             assert (await client.responses.cancel(response_id)).status == "cancelled"
     assert (await usage(gw))["completion_tokens"]["reserved"] == 0
+
+
+async def test_a_client_that_leaves_during_create_still_leaves_a_tracked_job(
+    make_gateway: Any, redis_server: RedisProcess
+) -> None:
+    # A background response runs upstream whether or not the create's connection stays: the
+    # gateway must wait for its id instead of stopping early.
+    gw = await make_gateway(**sections(redis_server))
+    body = {"model": "gpt-4o-mini", "input": "x", "background": True, "max_output_tokens": 50}
+    headers = {"Authorization": f"Bearer {token('ml')}", "x-mock-first-byte-delay-ms": "300"}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TimeoutError):
+            await session.post(
+                gw.url + "/responses",
+                json=body,
+                headers={**headers, **NEVER},
+                timeout=aiohttp.ClientTimeout(total=0.05),
+            )
+    deadline = time.monotonic() + 10
+    while await open_jobs(gw) == 0:
+        assert time.monotonic() < deadline, "the background response was never tracked"
+        await asyncio.sleep(0.02)
+    assert (await usage(gw))["completion_tokens"]["reserved"] == 50

@@ -20,6 +20,8 @@ LAYERS: dict[str, int] = {
     "gateway.log": 0,
     "gateway.config": 0,
     "gateway.config_loader": 0,
+    "gateway.config_base": 0,
+    "gateway.config_storage": 0,
     "gateway.apis": 0,
     "gateway.sse": 0,
     "gateway.metrics": 0,

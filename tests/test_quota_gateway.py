@@ -271,7 +271,7 @@ async def test_output_ceiling_applies_without_quotas(make_gateway, upstream: Moc
     assert upstream.requests[-1].json["max_completion_tokens"] == 10  # type: ignore[index]
 
 
-async def test_upstream_error_releases_and_client_gone_keeps_the_charge(
+async def test_upstream_error_releases_and_client_gone_is_charged_a_bound(
     make_gateway, upstream: MockUpstream, redis_server: RedisProcess, redis_client: aioredis.Redis
 ) -> None:
     gw = await make_gateway(
@@ -301,15 +301,19 @@ async def test_upstream_error_releases_and_client_gone_keeps_the_charge(
         )
         await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
         assert await counter(redis_client, gw, "ml", "completion_tokens") == (0, 300)
-        resp.close()  # the client goes away mid-stream
+        resp.close()  # the client goes away mid-stream, the upstream held at its gate
+    # The gateway closed the upstream connection without waiting for another event.
+    await asyncio.wait_for(upstream.requests[-1].disconnected.wait(), timeout=5)
     gate.release()
 
     async def settled() -> bool:
         return await open_reservations(redis_client, gw) == 0
 
     await wait_until(settled)
-    # Usage never arrived: the reservation stays charged, nothing stays reserved.
-    assert await counter(redis_client, gw, "ml", "completion_tokens") == (300, 0)
+    # Usage never arrived: charged a bound on what was relayed and generated (quota.early_stop),
+    # at least the one event the client read, not the whole reservation; nothing stays reserved.
+    used, reserved = await counter(redis_client, gw, "ml", "completion_tokens")
+    assert 1 <= used < 300 and reserved == 0
 
 
 async def wait_until(condition: Any, within_seconds: float = 5.0) -> None:

@@ -82,11 +82,11 @@ async def test_flushed_quota_state_is_noticed_counted_and_marked_again(
         try:
             key = marker_key(gw.config.store.key_prefix)
             assert await check.exists(key) and await check.ttl(key) == -1  # no TTL
-            assert registry.get_sample_value("gateway_quota_state_lost_total") == 0
+            assert registry.get_sample_value("gateway_quota_state_resets_total") == 0
             await check.flushall()
 
             async def noticed(registry: CollectorRegistry = registry) -> bool:
-                return registry.get_sample_value("gateway_quota_state_lost_total") == 1
+                return registry.get_sample_value("gateway_quota_state_resets_total") == 1
 
             await wait_until(noticed)
             assert await check.exists(key)

@@ -59,7 +59,10 @@ Files, stored responses and conversations live in ``app[STATE_KEY]`` (a
 Every reply has ``x-request-id: req_<hex>``, ``openai-processing-ms``,
 ``openai-organization: mock-org``, ``openai-version`` and ``x-ratelimit-*`` headers, so a
 gateway test can check which ones it strips. Every request is recorded as a
-:class:`RecordedRequest` in ``app[REQUESTS_KEY]`` (the newest 10,000 at least are kept).
+:class:`RecordedRequest` in ``app[REQUESTS_KEY]`` (the newest 10,000 at least are kept);
+its ``disconnected`` event is set when the client closed the connection before the reply was
+complete. The server runs with aiohttp's handler cancellation, so a client that leaves stops
+its answer at once (a delay, a gate or a stream), as closing a connection to OpenAI does.
 """
 
 from gateway.mock.errors import MockError

@@ -113,6 +113,7 @@ async def _answer(ctx: Ctx, batch: Batch, number: int, raw: bytes) -> None:
         gates=ctx.gates,
         chunk_delay=0.0,
         state=ctx.state,
+        disconnected=ctx.disconnected,
     )
     try:
         answer = await endpoint(line_ctx)

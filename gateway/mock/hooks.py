@@ -85,7 +85,16 @@ def status_hook_error(status: int, retry_after: str | None) -> MockError:
 class Ctx:
     """One request: its parsed JSON payload, hooks, and the reply writers."""
 
-    __slots__ = ("chunk_delay", "gates", "payload", "request", "request_id", "started", "state")
+    __slots__ = (
+        "chunk_delay",
+        "disconnected",
+        "gates",
+        "payload",
+        "request",
+        "request_id",
+        "started",
+        "state",
+    )
 
     def __init__(
         self,
@@ -96,8 +105,10 @@ class Ctx:
         gates: dict[str, Gate],
         chunk_delay: float,
         state: MockState,
+        disconnected: asyncio.Event,
     ) -> None:
         self.request = request
+        self.disconnected = disconnected
         self.state = state
         self.payload = payload
         self.started = started
@@ -190,5 +201,5 @@ class Ctx:
             await resp.write_eof()
         except ConnectionError:
             # The client went away. Returning (not raising) lets aiohttp log it at debug level.
-            pass
+            self.disconnected.set()
         return resp

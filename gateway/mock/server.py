@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +48,9 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     body: bytes
     json: dict[str, Any] | None  # the parsed body when it was a JSON object
+    #: Set when the client closed the connection before the reply was complete (the mock
+    #: runs with handler cancellation, so this covers waits as well as failed writes).
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -106,16 +109,15 @@ class _MockServer:
             except json_codec.JSONDecodeError:
                 bad_json = True
         payload = parsed if type(parsed) is dict else None
-        self._record(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-                payload,
-            )
+        record = RecordedRequest(
+            request.method,
+            request.path,
+            dict(request.query),
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+            payload,
         )
+        self._record(record)
         ctx = Ctx(
             request,
             payload or {},
@@ -123,6 +125,7 @@ class _MockServer:
             gates=self.gates,
             chunk_delay=self.chunk_delay,
             state=self.state,
+            disconnected=record.disconnected,
         )
         try:
             delay_ms = ctx.hook_int("x-mock-first-byte-delay-ms")
@@ -137,6 +140,9 @@ class _MockServer:
             return await endpoint(ctx)
         except MockError as exc:
             return ctx.error(exc)
+        except asyncio.CancelledError:
+            record.disconnected.set()  # aiohttp cancels the handler when the client leaves
+            raise
 
     def _record(self, rec: RecordedRequest) -> None:
         log = self.requests
@@ -261,7 +267,9 @@ async def start_mock_upstream(
 ) -> MockUpstream:
     """Start the mock on ``host:port`` (0 picks a free port) in the running loop."""
     app = create_mock_app(api_key, chunk_delay_seconds=chunk_delay_seconds)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    # Handler cancellation: a client that leaves stops its answer, as on OpenAI, and the
+    # request's ``disconnected`` event tells a test so.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -287,6 +295,7 @@ def run_mock_upstream(host: str, port: int, api_key: str | None) -> None:
         access_log=None,
         backlog=1024,
         shutdown_timeout=5.0,
+        handler_cancellation=True,
         loop=loop,
         print=None,
     )

@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.apis import OTHER, ApiSpec, Usage
 from gateway.log import ACCESS
 from gateway.metrics import Metrics
+from gateway.quota.early_stop import EarlyStop
 
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
@@ -43,6 +44,7 @@ class Exchange:
     upstream_seconds: float | None = None
     usage: Usage | None = None
     released: bool = False  # the upstream produced nothing billable
+    early_stop: EarlyStop | None = None  # the client left before the usage arrived
     cache: str = "none"  # hit | miss | bypass | error | none (not cacheable)
     first_byte_seconds: float | None = None  # streams: request start to first body bytes
     upstream_error: str | None = None  # connect | timeout | status_4xx | status_5xx | stream_cut

@@ -5,6 +5,7 @@ that owns it; this one only orders them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,16 +20,22 @@ from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
+from gateway.pipeline.disconnect import ClientGone, cancel_on_disconnect, connection_lost
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
 from gateway.pipeline.jobs import TERMINAL
+from gateway.quota.admission import LeftQueue
+from gateway.quota.early_stop import EarlyStop, early_stop_output
 from gateway.quota.policy import plan_request
 from gateway.quota.service import Reservation
 from gateway.sse import StreamMeter
-from gateway.upstream.relay import StreamEnd, relay_events, relay_sse
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.relay import RelayResult, StreamEnd, relay_events, relay_sse
 
 _JSON = "application/json"
 _SSE = "text/event-stream"
+#: nginx's "client closed request": logged for a request whose client left before its answer.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass(slots=True)
@@ -124,7 +131,11 @@ async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamRe
     """Reserve, forward, relay, settle: the path of every request that reaches the upstream."""
     call, info = metered.call, metered.info
     exchange = call.exchange
-    reservation = await _reserve(metered)
+    try:
+        reservation = await _reserve(metered)
+    except LeftQueue:
+        exchange.outcome = StreamEnd.CLIENT_GONE.value  # left while waiting for budget
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     try:
         body = metered.body
         limit = team_policy.output_limit(info, call.team, reservation)
@@ -147,11 +158,18 @@ async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamRe
         return await _forward(metered, json_codec.dumps(body), extra_headers, plan)
     finally:
         if reservation is not None:
+            stop = exchange.early_stop if exchange.usage is None else None
+            if stop is not None and not exchange.released:
+                exchange.extra["early_stop_output"] = early_stop_output(
+                    reservation.plan, reservation.output, stop
+                )
             # Shielded: a handler cancelled at shutdown must still settle what it reserved.
-            await asyncio.shield(_settle_or_hand_over(metered, reservation))
+            await asyncio.shield(_settle_or_hand_over(metered, reservation, stop))
 
 
-async def _settle_or_hand_over(metered: MeteredCall, reservation: Reservation) -> None:
+async def _settle_or_hand_over(
+    metered: MeteredCall, reservation: Reservation, stop: EarlyStop | None
+) -> None:
     call = metered.call
     state, exchange = call.state, call.exchange
     job_id = exchange.extra.get("background_id")
@@ -161,7 +179,9 @@ async def _settle_or_hand_over(metered: MeteredCall, reservation: Reservation) -
             reservation, "response", job_id, "/v1/responses", hold_seconds=hold
         ):
             return
-    await state.quotas.settle(reservation, exchange.usage, release=exchange.released)
+    await state.quotas.settle(
+        reservation, exchange.usage, release=exchange.released, early_stop=stop
+    )
 
 
 async def _reserve(metered: MeteredCall) -> Reservation | None:
@@ -186,7 +206,11 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     if not plan.charges:
         return None
     reservation = await state.quotas.reserve(
-        team_name, exchange.request_id, plan, hold_seconds=hold
+        team_name,
+        exchange.request_id,
+        plan,
+        hold_seconds=hold,
+        gone=connection_lost(call.request),
     )
     exchange.extra["reserved_output"] = reservation.output
     if reservation.clamped_by is not None:
@@ -198,14 +222,23 @@ async def _forward(
     metered: MeteredCall, payload: bytes, extra_headers: dict[str, str], plan: CachePlan | None
 ) -> web.StreamResponse:
     """Send upstream and relay; records usage (or that nothing was produced) on the exchange,
-    and hands complete, successful responses to the cache."""
+    and hands complete, successful responses to the cache.
+
+    A client that leaves while the gateway waits on the upstream (for its answer, or for the
+    next event of a stream) stops the wait at once and closes the upstream connection, so the
+    model stops generating; the exchange then carries an ``EarlyStop`` for the settlement."""
     call, api = metered.call, metered.info.api
     state, exchange = call.state, call.exchange
+    sent_at = time.perf_counter()
     try:
-        forwarded = await forward(call, payload, accept_encoding=None, content_type=_JSON)
+        with _watch_client(metered):
+            forwarded = await forward(call, payload, accept_encoding=None, content_type=_JSON)
     except GatewayError:
         exchange.released = True  # nothing reached the upstream model
         raise
+    except ClientGone:
+        _stop_upstream(metered, None, sent_at, relayed_events=0)
+        return _client_left(metered)
     upstream = forwarded.upstream
     try:
         headers = forwarded.headers
@@ -216,23 +249,35 @@ async def _forward(
         if upstream.status < 300 and content_type.startswith(_SSE):
             client = web.StreamResponse(status=upstream.status, headers=headers)
             if not await start_stream(client, call.request, exchange):
+                _stop_upstream(metered, upstream, sent_at, relayed_events=0)
                 return client
             meter = StreamMeter(api, hide_usage=metered.info.hides_usage)
             recorder = state.cache.recorder(plan, meter) if plan is not None else None
-            result = await relay_sse(upstream, client, meter)
+            result = RelayResult(StreamEnd.COMPLETE)
+            try:
+                with cancel_on_disconnect(call.request):
+                    await relay_sse(upstream, client, meter, result)
+            except ClientGone:
+                result.end = StreamEnd.CLIENT_GONE
             exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
             exchange.usage = meter.usage
             note_stream_end(exchange, result)
+            if result.end is StreamEnd.CLIENT_GONE and meter.usage is None:
+                _stop_upstream(metered, upstream, sent_at, relayed_events=meter.events)
             if result.end is StreamEnd.UPSTREAM_CUT and meter.events == 0:
                 exchange.released = True  # cut before its first event: nothing was produced
             if plan is not None and recorder is not None:
                 await state.cache.store_stream(plan, upstream.status, upstream.headers, recorder)
             return client
         try:
-            data = await upstream.read()
+            with _watch_client(metered):
+                data = await upstream.read()
         except GatewayError:
             exchange.upstream_error = "stream_cut"
             raise
+        except ClientGone:
+            _stop_upstream(metered, upstream, sent_at, relayed_events=0)
+            return _client_left(metered)
         exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
         if upstream.status < 300 and metered.background:
             _note_background(exchange, data)
@@ -247,6 +292,14 @@ async def _forward(
         upstream.release()
 
 
+def _watch_client(metered: MeteredCall) -> contextlib.AbstractContextManager[object]:
+    """Stop the upstream if the client leaves, except for a background response: it runs on
+    upstream whether or not this connection stays, so the gateway must learn its id."""
+    if metered.background:
+        return contextlib.nullcontext()
+    return cancel_on_disconnect(metered.call.request)
+
+
 def _note_background(exchange: Exchange, data: bytes) -> None:
     """A background response still running hands its reservation over to a job."""
     try:
@@ -259,3 +312,31 @@ def _note_background(exchange: Exchange, data: bytes) -> None:
         exchange.usage = apis.RESPONSES.usage(obj.get("usage"))
     elif isinstance(obj.get("id"), str):
         exchange.extra["background_id"] = obj["id"]
+
+
+def _stop_upstream(
+    metered: MeteredCall,
+    upstream: UpstreamResponse | None,
+    sent_at: float,
+    *,
+    relayed_events: int,
+) -> None:
+    """Close the upstream connection of a request whose client left (``None``: the cancelled
+    send already did), and note how long the upstream ran and what was relayed."""
+    if upstream is not None:
+        upstream.close()
+    metered.call.exchange.early_stop = EarlyStop(
+        upstream_seconds=time.perf_counter() - sent_at,
+        relayed_events=relayed_events,
+        tokens_per_second=metered.profile.max_output_tokens_per_second,
+    )
+
+
+def _client_left(metered: MeteredCall) -> web.Response:
+    """The client left before its (non-stream) answer. The response is for the log; nobody is
+    there to read it."""
+    exchange = metered.call.exchange
+    assert exchange.early_stop is not None
+    exchange.upstream_seconds = exchange.early_stop.upstream_seconds
+    exchange.outcome = StreamEnd.CLIENT_GONE.value
+    return web.Response(status=CLIENT_CLOSED_REQUEST)

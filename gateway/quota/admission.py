@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.quota.store.base import ReserveOutcome
 
@@ -46,6 +47,10 @@ class _TeamQueue:
 
 class QueueFull(Exception):
     """The team already has ``max_queued`` waiters on this replica."""
+
+
+class LeftQueue(Exception):
+    """The waiter's client went away before its turn came."""
 
 
 class AdmissionQueue:
@@ -77,9 +82,16 @@ class AdmissionQueue:
         if queue is not None:
             queue.wake.set()
 
-    async def wait(self, team: str, attempt: Attempt, abandon: Abandon) -> ReserveOutcome:
+    async def wait(
+        self,
+        team: str,
+        attempt: Attempt,
+        abandon: Abandon,
+        gone: asyncio.Future[None] | None = None,
+    ) -> ReserveOutcome:
         """Queue behind the team's other waiters; returns the outcome of the attempt that
-        ended the wait (granted, exhausted, or the last try's). Raises ``QueueFull``."""
+        ended the wait (granted, exhausted, or the last try's). Raises ``QueueFull``, or
+        ``LeftQueue`` when ``gone`` (the client's connection lost) resolves first."""
         queue = self._teams.get(team)
         if queue is None:
             queue = self._teams[team] = _TeamQueue()
@@ -95,8 +107,20 @@ class AdmissionQueue:
         queue.wake.set()
         if queue.pump is None or queue.pump.done():
             queue.pump = asyncio.get_running_loop().create_task(self._pump(team, queue))
-        # Cancelled (the client went away): the future is cancelled too and the pump skips it.
-        return await waiter.future
+        # Cancelled, or the client went away: the pump skips a done future (and hands back a
+        # reservation granted to it just then).
+        if gone is None:
+            return await waiter.future
+        watched: set[asyncio.Future[Any]] = {waiter.future, gone}
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            waiter.future.cancel()
+            raise
+        if waiter.future.done():
+            return waiter.future.result()
+        waiter.future.cancel()
+        raise LeftQueue(team)
 
     async def _pump(self, team: str, queue: _TeamQueue) -> None:
         try:

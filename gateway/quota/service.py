@@ -25,6 +25,7 @@ from gateway.config import AdmissionConfig, QuotaRule
 from gateway.errors import QuotaExceededError, StoreUnavailableError
 from gateway.metrics import Metrics
 from gateway.quota.admission import AdmissionQueue, QueueFull
+from gateway.quota.early_stop import EarlyStop, early_stop_amounts
 from gateway.quota.policy import (
     QuotaPlan,
     actual_amounts,
@@ -103,10 +104,16 @@ class QuotaService:
         await self.store.listen_for_frees(self.queue.notify)
 
     async def reserve(
-        self, team: str, request_id: str, plan: QuotaPlan, *, hold_seconds: float | None = None
+        self,
+        team: str,
+        request_id: str,
+        plan: QuotaPlan,
+        *,
+        gone: asyncio.Future[None] | None = None,
+        hold_seconds: float | None = None,
     ) -> Reservation:
-        """Reserve for every window of the plan, or raise QuotaExceededError (429).
-
+        """Reserve for every window of the plan, or raise QuotaExceededError (429). A congested
+        request waits; ``gone`` (its client's connection lost) ends the wait (``LeftQueue``).
         ``hold_seconds`` overrides the usual hold (jobs that settle later: ``quota.jobs``)."""
         now = self.clock()
         hold = self.hold_seconds if hold_seconds is None else hold_seconds
@@ -115,11 +122,11 @@ class QuotaService:
             self.breaker.check()
             if self.queue.has_waiters(team):
                 # Others of the team wait already: queue behind them (first come, first in).
-                outcome = await self._queued(self.store, team, request_id, plan, hold)
+                outcome = await self._queued(self.store, team, request_id, plan, gone, hold)
             else:
                 outcome = await self._reserve_in(self.store, team, request_id, plan, now, hold)
                 if outcome.state == "congested":
-                    outcome = await self._queued(self.store, team, request_id, plan, hold)
+                    outcome = await self._queued(self.store, team, request_id, plan, gone, hold)
             self.breaker.succeeded()
         except StoreError as exc:
             if not isinstance(exc, StoreSkippedError):
@@ -141,7 +148,7 @@ class QuotaService:
             store = self.local
             outcome = await self._reserve_in(self.local, team, request_id, plan, now, hold)
             if outcome.state == "congested":
-                outcome = await self._queued(self.local, team, request_id, plan, hold)
+                outcome = await self._queued(self.local, team, request_id, plan, gone, hold)
         if not outcome.granted:
             now = self.clock()
             error = quota_exceeded(team, plan, outcome, now)
@@ -163,7 +170,13 @@ class QuotaService:
         )
 
     async def _queued(
-        self, store: QuotaStore, team: str, request_id: str, plan: QuotaPlan, hold: float
+        self,
+        store: QuotaStore,
+        team: str,
+        request_id: str,
+        plan: QuotaPlan,
+        gone: asyncio.Future[None] | None,
+        hold: float,
     ) -> ReserveOutcome:
         """Wait in the team's queue until the reservation fits (or its last try)."""
 
@@ -181,7 +194,7 @@ class QuotaService:
         gauge = self.metrics.quota_queued.labels(team=team)
         gauge.inc()
         try:
-            return await self.queue.wait(team, attempt, abandon)
+            return await self.queue.wait(team, attempt, abandon, gone)
         except QueueFull:
             outcome = await attempt(True)  # a full queue: what is left now, or 429
             return outcome
@@ -218,9 +231,17 @@ class QuotaService:
             waiting_seconds=self.queue.timeout_seconds + 2 * self.queue.poll_seconds,
         )
 
-    async def settle(self, reservation: Reservation, usage: Usage | None, *, release: bool) -> None:
+    async def settle(
+        self,
+        reservation: Reservation,
+        usage: Usage | None,
+        *,
+        release: bool,
+        early_stop: EarlyStop | None = None,
+    ) -> None:
         """Charge real usage; with no usage, keep the reservation as charged (never
-        under-count), unless ``release`` says the upstream produced nothing."""
+        under-count), unless ``release`` says the upstream produced nothing or ``early_stop``
+        bounds what a request its client left could have produced (``quota.early_stop``)."""
         if reservation.settled:
             return
         reservation.settled = True
@@ -228,6 +249,10 @@ class QuotaService:
             return
         if release:
             actual = [0] * len(reservation.reserved)
+        elif usage is None and early_stop is not None:
+            actual = early_stop_amounts(
+                reservation.plan, reservation.reserved, reservation.output, early_stop
+            )
         elif usage is None:
             actual = list(reservation.reserved)
         else:

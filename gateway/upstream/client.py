@@ -62,6 +62,11 @@ class UpstreamResponse(Protocol):
 
     def release(self) -> None: ...
 
+    def close(self) -> None:
+        """Drop the connection now, unread body and all: the upstream sees it close and stops
+        generating (``release`` may keep a finished connection for reuse)."""
+        ...
+
 
 class AiohttpResponse:
     """``UpstreamResponse`` over an ``aiohttp.ClientResponse``."""
@@ -104,6 +109,9 @@ class AiohttpResponse:
 
     def release(self) -> None:
         self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
 
 
 class UpstreamClient(Protocol):

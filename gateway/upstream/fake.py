@@ -34,6 +34,7 @@ class FakeResponse:
     #: Raised after the last piece, as a cut upstream does.
     error: GatewayError | None = None
     released: bool = field(default=False, init=False)
+    closed: bool = field(default=False, init=False)
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -60,6 +61,9 @@ class FakeResponse:
 
     def release(self) -> None:
         self.released = True
+
+    def close(self) -> None:
+        self.released = self.closed = True
 
 
 Handler = Callable[[FakeRequest], Awaitable[FakeResponse]]

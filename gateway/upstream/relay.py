@@ -54,11 +54,16 @@ async def prepare(client: web.StreamResponse, request: web.Request) -> bool:
 
 
 async def relay_sse(
-    upstream: UpstreamResponse, client: web.StreamResponse, meter: StreamMeter
+    upstream: UpstreamResponse,
+    client: web.StreamResponse,
+    meter: StreamMeter,
+    result: RelayResult | None = None,
 ) -> RelayResult:
     """Relay an event stream chunk by chunk; ``meter`` reads usage and hides chunks (and hands
-    the upstream's bytes to its ``tap``, the cache recorder, if any)."""
-    result = RelayResult(StreamEnd.COMPLETE)
+    the upstream's bytes to its ``tap``, the cache recorder, if any). ``result``, when given,
+    is filled in as the relay goes, so a caller that cancels the relay still has it."""
+    if result is None:
+        result = RelayResult(StreamEnd.COMPLETE)
     chunks = upstream.chunks().__aiter__()
     failure: GatewayError | None = None
     while True:

@@ -7,7 +7,7 @@ must not go unnoticed.
   that refuses ``CONFIG`` gets a warning saying what to check.
 - ``StateMarker``: a key without TTL, written at first start. Found missing later (FLUSHALL, a
   restart without persistence, a failover to an empty replica): an error is logged,
-  ``gateway_quota_state_lost_total`` counts it, and the marker is written again.
+  ``gateway_quota_state_resets_total`` counts it, and the marker is written again.
 """
 
 from __future__ import annotations
