@@ -156,7 +156,15 @@ async def test_cancelling_settles_what_the_output_file_reports(
 async def test_caps_hold_with_batches_background_and_live_requests_together(
     make_gateway: Any, redis_server: RedisProcess
 ) -> None:
-    gw = await make_gateway(**{**sections(redis_server), "teams": {"ml": {"quotas": rules(2000)}}})
+    # The reconciler runs on its own here: live requests queued behind the jobs' reservations
+    # are woken when it settles them.
+    gw = await make_gateway(
+        **{
+            **sections(redis_server),
+            "admission": {"reconcile_interval_seconds": 0.05},
+            "teams": {"ml": {"quotas": rules(2000)}},
+        }
+    )
     client = openai.AsyncOpenAI(base_url=gw.url, api_key=token("ml"), max_retries=0)
 
     async def batch() -> None:
