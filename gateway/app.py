@@ -31,6 +31,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics, QuotaSample
 from gateway.pipeline import REQUEST_ID, handle_proxy, handle_usage, new_request_id
+from gateway.pipeline.reconciler import Reconciler
 from gateway.quota.service import QuotaService
 from gateway.state import STATE, GatewayState
 from gateway.storage.errors import StoreError
@@ -198,6 +199,7 @@ def create_app(
             _cache_service(clock),
             _purge_listener,
             _gateway_state(config, clock),
+            _reconciler,
         ]
     )
     return app
@@ -307,3 +309,17 @@ def _gateway_state(config: GatewayConfig, clock: Callable[[], float]) -> Cleanup
         yield
 
     return gateway_state
+
+
+RECONCILER = web.AppKey("gateway.reconciler", Reconciler)
+
+
+async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    """Settles background responses and batches that finished (``pipeline.reconciler``)."""
+    reconciler = Reconciler(app[STATE])
+    app[RECONCILER] = reconciler
+    task = asyncio.get_running_loop().create_task(reconciler.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -178,10 +178,26 @@ class QuotaRule(_Model):
     )
 
 
+PathPattern = Annotated[str, Field(pattern=r"^/")]
+
+
 class QuotaDefaults(_Model):
     quotas: list[QuotaRule] = Field(
         default_factory=list, description="Rules for teams that set no `quotas` of their own."
     )
+    allow_unmetered: list[PathPattern] = Field(
+        default_factory=list,
+        description="Path patterns (without /v1) of billable APIs the gateway does not meter "
+        "that capped teams may call anyway, for teams that set no `allow_unmetered` of their own.",
+    )
+
+    @cached_property
+    def _unmetered_matcher(self) -> re.Pattern[str]:
+        return compile_patterns(self.allow_unmetered)
+
+    def allows_unmetered(self, path: str) -> bool:
+        return self._unmetered_matcher.match(path) is not None
+
     max_concurrent_requests: int | None = Field(
         default=None,
         ge=1,
@@ -190,7 +206,9 @@ class QuotaDefaults(_Model):
 
 
 class AdmissionConfig(_Model):
-    """What a request does when other requests' reservations hold its team's budget."""
+    """What a request does when other requests' reservations hold its team's budget, and how
+    long requests that outlive their HTTP exchange (background responses, batches) stay
+    reserved and how they settle."""
 
     queue_timeout_seconds: float = Field(
         default=30.0,
@@ -208,6 +226,21 @@ class AdmissionConfig(_Model):
         gt=0,
         le=60,
         description="Waiters re-check this often when no wake-up arrives (pub/sub is lost).",
+    )
+    background_hold_seconds: PositiveSeconds = Field(
+        default=86400.0,
+        description="Reservation hold of background responses and batches: they settle when "
+        "they reach a terminal status; one that never does stops counting after this.",
+    )
+    reconcile_interval_seconds: PositiveSeconds = Field(
+        default=15.0,
+        description="How often each replica polls the upstream for open background responses "
+        "and batches (one store call per interval when none is open).",
+    )
+    batch_input_max_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch input file the gateway reads to check and reserve (400 above).",
     )
 
 
@@ -264,7 +297,7 @@ class TeamConfig(_Model):
         default_factory=lambda: ["*"],
         description="Model name patterns (fnmatch: *, ?, [..]) this team may use.",
     )
-    paths: list[Annotated[str, Field(pattern=r"^/")]] = Field(
+    paths: list[PathPattern] = Field(
         default_factory=lambda: ["*"],
         description=(
             "API path patterns (without /v1) this team may call, e.g. /chat/completions, "
@@ -284,6 +317,12 @@ class TeamConfig(_Model):
     on_effort_exceeded: Literal["downgrade", "reject"] = Field(
         default="downgrade",
         description="downgrade: rewrite the request to max_reasoning_effort; reject: 400.",
+    )
+    allow_unmetered: list[PathPattern] | None = Field(
+        default=None,
+        description="Path patterns (without /v1, e.g. /fine_tuning/jobs*) of billable APIs the "
+        "gateway does not meter that this team may call although it has quota rules (others "
+        "get 403); unset = `defaults.allow_unmetered`.",
     )
     max_concurrent_requests: int | None = Field(
         default=None,
@@ -311,6 +350,15 @@ class TeamConfig(_Model):
     def allows_path(self, path: str) -> bool:
         return self._path_matcher.match(path) is not None
 
+    @cached_property
+    def _unmetered_matcher(self) -> re.Pattern[str] | None:
+        return None if self.allow_unmetered is None else compile_patterns(self.allow_unmetered)
+
+    def allows_unmetered(self, path: str) -> bool | None:
+        """None when the team sets no patterns of its own (the defaults' apply)."""
+        matcher = self._unmetered_matcher
+        return None if matcher is None else matcher.match(path) is not None
+
 
 class GatewayConfig(_Model):
     upstream: UpstreamConfig
@@ -333,6 +381,11 @@ class GatewayConfig(_Model):
     def quota_rules(self, team: str) -> list[QuotaRule]:
         own = self.teams[team].quotas
         return own if own is not None else self.defaults.quotas
+
+    def allows_unmetered(self, team: str, path: str) -> bool:
+        """Whether ``team`` may call a billable, unmetered ``path`` despite its caps."""
+        own = self.teams[team].allows_unmetered(path)
+        return own if own is not None else self.defaults.allows_unmetered(path)
 
     def max_concurrent(self, team: str) -> int | None:
         own = self.teams[team].max_concurrent_requests

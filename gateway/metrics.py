@@ -49,6 +49,8 @@ STORE_OPERATIONS = (
     "quota_settle",
     "quota_settle_lost",
     "quota_peek",
+    "job_open",
+    "job_settle",
     "cache_get",
     "cache_put",
 )
@@ -245,6 +247,23 @@ class Metrics:
         )
         self.inflight = Gauge(
             "gateway_inflight_requests", "Requests being handled right now.", registry=r
+        )
+        self.open_background = Gauge(
+            "gateway_open_background_total",
+            "Background responses reserved and not yet settled, as the last reconciler poll saw.",
+            ["team"],
+            registry=r,
+        )
+        self.open_batches = Gauge(
+            "gateway_open_batches",
+            "Batches reserved and not yet settled, as the last reconciler poll saw.",
+            ["team"],
+            registry=r,
+        )
+        self.reconciler_errors = Counter(
+            "gateway_reconciler_errors",
+            "Reconciler polls of an open job that failed (store or upstream trouble).",
+            registry=r,
         )
         self.config_reloads = Counter(
             "gateway_config_reloads",

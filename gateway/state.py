@@ -19,6 +19,7 @@ from gateway.auth import Authenticator, JwksCache
 from gateway.cache.service import CacheService
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
+from gateway.quota.jobs import JobLedger
 from gateway.quota.service import QuotaService
 from gateway.upstream import Upstream
 
@@ -50,6 +51,7 @@ class GatewayState:
     ) -> None:
         self.session = session
         self.quotas = quotas
+        self.jobs = JobLedger(quotas)
         self.cache = cache
         self.metrics = metrics
         self.clock = clock

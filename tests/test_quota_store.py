@@ -210,3 +210,31 @@ async def test_unreachable_redis_raises_store_error(tmp_path) -> None:
     with pytest.raises(StoreError):
         await reserve(store, "b", [charge()], 10)
     await client.aclose()
+
+
+async def test_a_job_is_settled_exactly_once(store: QuotaStore) -> None:
+    c = [charge(limit=1000)]
+    assert (await reserve(store, "req-1", c, want=300)).granted
+    await store.open_job("team", "resp_1", b"record-1")
+    await store.open_job("team", "batch_1", b"record-2")
+    assert await store.job_teams() == ["team"]
+    assert await store.open_jobs("team") == {"resp_1": b"record-1", "batch_1": b"record-2"}
+    assert await store.job("team", "resp_1") == b"record-1"
+    settled = await asyncio.gather(
+        *(store.settle_job("team", "resp_1", "req-1", c, [300], [120], now=NOW) for _ in range(20))
+    )
+    assert settled.count(True) == 1
+    assert await state(store, c) == [(120, 0)]
+    assert await store.open_jobs("team") == {"batch_1": b"record-2"}
+    assert await store.job("team", "resp_1") is None
+
+
+async def test_a_team_leaves_the_reconciler_set_only_without_jobs(store: QuotaStore) -> None:
+    c = [charge()]
+    await store.open_job("team", "resp_1", b"r")
+    await store.retire_team("team")
+    assert await store.job_teams() == ["team"]  # it still has a job
+    assert await store.settle_job("team", "resp_1", "none", c, [0], [0], now=NOW)
+    await store.retire_team("team")
+    assert await store.job_teams() == []
+    assert not await store.settle_job("team", "resp_1", "none", c, [0], [0], now=NOW)

@@ -21,6 +21,7 @@ from gateway.quota.store import keys
 from gateway.state import STATE
 from gateway.storage.client import connect, is_cluster
 from tests.support.gateway_proc import RunningGateway, base_config, token
+from tests.support.jobs import reconcile_until_settled, usage
 from tests.support.redis_topology import ClusterProcess
 from tests.test_quota_gateway import wait_until
 
@@ -219,3 +220,25 @@ async def test_caps_hold_under_concurrency_across_two_replicas_on_the_cluster(
         async for key in cluster_client.scan_iter(match=f"{prefix}:{{{team}}}:q:*"):
             used += int(await cluster_client.hget(key, "used") or 0)
         assert used == received, team
+
+
+async def test_background_responses_of_teams_on_every_node_settle(
+    make_gateway, redis_cluster: ClusterProcess
+) -> None:
+    names = spread_teams(redis_cluster, per_node=1)
+    config = cluster_gateway_config(redis_cluster, names, 5000)
+    config["admission"] = {"reconcile_interval_seconds": 3600}
+    gw: RunningGateway = await make_gateway(**config)
+    for team in names:
+        async with openai.AsyncOpenAI(base_url=gw.url, api_key=token(team)) as client:
+            await client.responses.create(
+                model="gpt-4o-mini",
+                input="later",
+                background=True,
+                max_output_tokens=100,
+                extra_headers={"x-mock-background-delay-ms": "50"},
+            )
+    for team in names:
+        await reconcile_until_settled(gw, team=team)
+        rule = (await usage(gw, team))["completion_tokens"]
+        assert rule["reserved"] == 0 and rule["used"] > 0, team

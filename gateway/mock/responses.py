@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.mock import answers, content, stored_responses
+from gateway.mock import answers, background, content, stored_responses
 from gateway.mock.hooks import Ctx
 from gateway.mock.params import collect_text, opt_int, require_model
 
@@ -109,9 +109,6 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
     }
     if isinstance(p.get("user"), str):
         final["user"] = p["user"]  # the spec types it as a string: absent, never null
-    stored_responses.store(ctx, final)
-    if p.get("stream") is not True:
-        return ctx.json(final)
     in_progress = {
         **final,
         "status": "in_progress",
@@ -120,10 +117,31 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
         "output": [],
         "usage": None,
     }
-    terminal = "response.incomplete" if budget.truncated else "response.completed"
-    return await ctx.stream(
-        _events(final, in_progress, reasoning_item, message_item, tokens, terminal)
-    )
+
+    def events(shown: dict[str, Any]) -> Iterator[bytes]:
+        if shown["status"] == "cancelled":
+            return iter([content.sse_event("response.created", 0, {"response": shown})])
+        terminal = "response.incomplete" if budget.truncated else "response.completed"
+        return _events(shown, in_progress, reasoning_item, message_item, tokens, terminal)
+
+    if final["background"]:
+        return await _background(ctx, final, events)
+    stored_responses.store(ctx, final)
+    if p.get("stream") is not True:
+        return ctx.json(final)
+    return await ctx.stream(events(final))
+
+
+async def _background(
+    ctx: Ctx, final: dict[str, Any], events: background.EventStream
+) -> web.StreamResponse:
+    delay_ms = ctx.hook_int("x-mock-background-delay-ms")
+    delay = background.DEFAULT_DELAY_SECONDS if delay_ms is None else delay_ms / 1000
+    run = background.BackgroundRun(final, events, time.monotonic(), delay)
+    stored_responses.store(ctx, final, run)
+    if ctx.payload.get("stream") is not True:
+        return ctx.json(run.view())
+    return await ctx.stream(events(await run.finished()))
 
 
 def _text_format(payload: dict[str, Any]) -> dict[str, Any]:

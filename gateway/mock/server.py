@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway import json_codec
 from gateway.mock import (
     audio,
+    batches,
     chat,
     completions,
     conversations,
@@ -192,6 +193,10 @@ _ROUTES: list[tuple[str, str, Endpoint, bool]] = [
     ("GET", "/files/{file_id}", files.retrieve, False),
     ("DELETE", "/files/{file_id}", files.delete, False),
     ("GET", "/files/{file_id}/content", files.download, False),
+    ("POST", "/batches", batches.create, True),
+    ("GET", "/batches", batches.list_batches, False),
+    ("GET", "/batches/{batch_id}", batches.retrieve, False),
+    ("POST", "/batches/{batch_id}/cancel", batches.cancel, False),
     ("POST", "/conversations", conversations.create, True),
     ("GET", "/conversations/{conv_id}", conversations.retrieve, False),
     ("POST", "/conversations/{conv_id}", conversations.update, True),

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from gateway.mock.background import BackgroundRun
 from gateway.mock.errors import MockError
 
 MAX_OBJECTS = 1_000
@@ -63,6 +64,10 @@ class StoredFile:
 class StoredResponse:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
+    run: BackgroundRun | None = None  # background responses only
+
+    def view(self) -> dict[str, Any]:
+        return self.response if self.run is None else self.run.view()
 
 
 class FileStore(BoundedStore[StoredFile]):
@@ -83,3 +88,4 @@ class MockState:
     files: FileStore = field(default_factory=FileStore)
     responses: BoundedStore[StoredResponse] = field(default_factory=BoundedStore)
     conversations: BoundedStore[dict[str, Any]] = field(default_factory=BoundedStore)
+    batches: BoundedStore[Any] = field(default_factory=BoundedStore)  # batches.Batch

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.mock.background import BackgroundRun
 from gateway.mock.content import hex_id
 from gateway.mock.errors import invalid
 from gateway.mock.hooks import Ctx
@@ -17,11 +18,11 @@ from gateway.mock.state import StoredResponse
 _WHAT = "response"
 
 
-def store(ctx: Ctx, response: dict[str, Any]) -> None:
-    if response.get("store") is False:
+def store(ctx: Ctx, response: dict[str, Any], run: BackgroundRun | None = None) -> None:
+    if response.get("store") is False and run is None:
         return
     items = _input_items(ctx.payload)
-    ctx.state.responses.put(response["id"], StoredResponse(response, items))
+    ctx.state.responses.put(response["id"], StoredResponse(response, items, run))
 
 
 def _input_items(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,7 +57,10 @@ def _input_items(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def retrieve(ctx: Ctx) -> web.StreamResponse:
     stored = ctx.state.responses.get(ctx.request.match_info["response_id"], _WHAT)
-    return ctx.json(stored.response)
+    run = stored.run
+    if ctx.request.query.get("stream") == "true" and run is not None:
+        return await ctx.stream(run.events(await run.finished()))
+    return ctx.json(stored.view())
 
 
 async def delete(ctx: Ctx) -> web.StreamResponse:
@@ -67,11 +71,10 @@ async def delete(ctx: Ctx) -> web.StreamResponse:
 
 async def cancel(ctx: Ctx) -> web.StreamResponse:
     stored = ctx.state.responses.get(ctx.request.match_info["response_id"], _WHAT)
-    if stored.response.get("background") is not True:
+    if stored.run is None:
         raise invalid("Only background responses can be cancelled.", code="invalid_request")
-    # The mock finishes background work at once, so cancelling changes nothing, as on
-    # OpenAI for a response that already completed.
-    return ctx.json(stored.response)
+    # A response that already finished stays as it is, as on OpenAI.
+    return ctx.json(stored.run.cancel())
 
 
 async def input_items(ctx: Ctx) -> web.StreamResponse:

@@ -5,6 +5,7 @@ that owns it; this one only orders them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import json_codec
+from gateway import apis, json_codec
 from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
@@ -20,7 +21,9 @@ from gateway.config import ModelProfile
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
 from gateway.pipeline.disconnect import ClientGone, cancel_on_disconnect, connection_lost
+from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
+from gateway.pipeline.jobs import TERMINAL
 from gateway.quota.admission import LeftQueue
 from gateway.quota.early_stop import EarlyStop, early_stop_output
 from gateway.quota.policy import plan_request
@@ -44,6 +47,15 @@ class MeteredCall:
     profile: ModelProfile
     raw: bytes
     body: dict[str, Any]
+
+    @property
+    def background(self) -> bool:
+        """A background response: it settles when it finishes, not when this call ends."""
+        return (
+            self.info.api is apis.RESPONSES
+            and self.body.get("background") is True
+            and not self.info.stream
+        )
 
 
 async def handle_metered(call: Call, api: ApiSpec) -> web.StreamResponse:
@@ -118,7 +130,7 @@ async def _serve_hit(metered: MeteredCall, key: str, entry: CachedResponse) -> w
 async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamResponse:
     """Reserve, forward, relay, settle: the path of every request that reaches the upstream."""
     call, info = metered.call, metered.info
-    state, exchange = call.state, call.exchange
+    exchange = call.exchange
     try:
         reservation = await _reserve(metered)
     except LeftQueue:
@@ -152,11 +164,24 @@ async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamRe
                     reservation.plan, reservation.output, stop
                 )
             # Shielded: a handler cancelled at shutdown must still settle what it reserved.
-            await asyncio.shield(
-                state.quotas.settle(
-                    reservation, exchange.usage, release=exchange.released, early_stop=stop
-                )
-            )
+            await asyncio.shield(_settle_or_hand_over(metered, reservation, stop))
+
+
+async def _settle_or_hand_over(
+    metered: MeteredCall, reservation: Reservation, stop: EarlyStop | None
+) -> None:
+    call = metered.call
+    state, exchange = call.state, call.exchange
+    job_id = exchange.extra.get("background_id")
+    if isinstance(job_id, str) and not exchange.released:
+        hold = call.config.admission.background_hold_seconds
+        if await state.jobs.open(
+            reservation, "response", job_id, "/v1/responses", hold_seconds=hold
+        ):
+            return
+    await state.quotas.settle(
+        reservation, exchange.usage, release=exchange.released, early_stop=stop
+    )
 
 
 async def _reserve(metered: MeteredCall) -> Reservation | None:
@@ -166,6 +191,9 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     max_concurrent = call.config.max_concurrent(team_name)
     if not rules and max_concurrent is None:
         return None  # the common uncapped team: no planning at all
+    hold = state.quotas.hold_seconds
+    if metered.background:
+        hold = call.config.admission.background_hold_seconds
     plan = plan_request(
         rules,
         metered.info,
@@ -173,13 +201,19 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
         call.team,
         body_bytes=len(metered.raw),
         now=state.quotas.clock(),
-        hold_seconds=state.quotas.hold_seconds,
-        max_concurrent=max_concurrent,
+        hold_seconds=hold,
+        # A background response is not a request in flight here: it must not hold a slot
+        # for the hours it may run.
+        max_concurrent=None if metered.background else max_concurrent,
     )
     if not plan.charges:
         return None
     reservation = await state.quotas.reserve(
-        team_name, exchange.request_id, plan, gone=lambda: connection_lost(call.request)
+        team_name,
+        exchange.request_id,
+        plan,
+        hold_seconds=hold,
+        gone=lambda: connection_lost(call.request),
     )
     exchange.extra["reserved_output"] = reservation.output
     if reservation.clamped_by is not None:
@@ -200,7 +234,7 @@ async def _forward(
     state, exchange = call.state, call.exchange
     sent_at = time.perf_counter()
     try:
-        with cancel_on_disconnect(call.request):
+        with _watch_client(metered):
             forwarded = await forward(call, payload, accept_encoding=None, content_type=_JSON)
     except GatewayError:
         exchange.released = True  # nothing reached the upstream model
@@ -239,7 +273,7 @@ async def _forward(
                 await state.cache.store_stream(plan, upstream.status, upstream.headers, recorder)
             return client
         try:
-            with cancel_on_disconnect(call.request):
+            with _watch_client(metered):
                 data = await upstream.read()
         except GatewayError:
             exchange.upstream_error = "stream_cut"
@@ -248,7 +282,9 @@ async def _forward(
             _stop_upstream(metered, upstream, sent_at, relayed_events=0)
             return _client_left(metered)
         exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
-        if upstream.status < 300:
+        if upstream.status < 300 and metered.background:
+            _note_background(exchange, data)
+        elif upstream.status < 300:
             exchange.usage = api.usage_from_json(data)
             if plan is not None:
                 await state.cache.store_json(
@@ -257,6 +293,28 @@ async def _forward(
         return web.Response(status=upstream.status, body=data, headers=headers)
     finally:
         upstream.release()
+
+
+def _watch_client(metered: MeteredCall) -> contextlib.AbstractContextManager[object]:
+    """Stop the upstream if the client leaves, except for a background response: it runs on
+    upstream whether or not this connection stays, so the gateway must learn its id."""
+    if metered.background:
+        return contextlib.nullcontext()
+    return cancel_on_disconnect(metered.call.request)
+
+
+def _note_background(exchange: Exchange, data: bytes) -> None:
+    """A background response still running hands its reservation over to a job."""
+    try:
+        obj = json_codec.loads(data)
+    except BAD_JSON:
+        return
+    if not isinstance(obj, dict):
+        return
+    if obj.get("status") in TERMINAL["response"]:
+        exchange.usage = apis.RESPONSES.usage(obj.get("usage"))
+    elif isinstance(obj.get("id"), str):
+        exchange.extra["background_id"] = obj["id"]
 
 
 def _stop_upstream(

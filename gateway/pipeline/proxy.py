@@ -10,7 +10,8 @@ from gateway import apis
 from gateway.auth import Principal
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationError, MethodNotAllowedError
-from gateway.pipeline import team_policy
+from gateway.pipeline import jobs, team_policy
+from gateway.pipeline.batches import handle_batch_create
 from gateway.pipeline.exchange import REQUEST_ID, Exchange
 from gateway.pipeline.forward import Call
 from gateway.pipeline.metered import handle_metered
@@ -55,6 +56,7 @@ async def _route(
     exchange.team = principal.team
     team = config.teams[principal.team]
     team_policy.check_path(team, principal.team, path)
+    team_policy.check_surface(config, principal.team, request.method, path)
     call = Call(request, state, config, team, principal.team, path, exchange)
     api = apis.classify(request.method, path)
     exchange.api = api
@@ -63,7 +65,13 @@ async def _route(
     model = team_policy.looked_up_model(request.method, path, team)
     if model is not None:
         exchange.model = model
+    capped = bool(config.quota_rules(principal.team))
+    if capped and request.method == "POST" and path.rstrip("/") == "/batches":
+        return await handle_batch_create(call)
     if not api.metered:
+        kind = jobs.job_read(request.method, path, request.rel_url.raw_query_string)
+        if kind is not None and capped:
+            return await jobs.handle_job_read(call, kind)
         return await passthrough(call)
     return await handle_metered(call, api)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from gateway import json_codec
-from gateway.apis import BAD_JSON, REASONING_EFFORTS, RequestInfo
-from gateway.config import ModelProfile, TeamConfig
+from gateway.apis import BAD_JSON, REASONING_EFFORTS, RequestInfo, surfaces
+from gateway.config import GatewayConfig, ModelProfile, TeamConfig
 from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway.quota.service import Reservation
 
@@ -99,3 +99,19 @@ def output_limit(
     if limit is None or (info.max_output_tokens is not None and info.max_output_tokens <= limit):
         return None
     return limit
+
+
+def check_surface(config: GatewayConfig, team_name: str, method: str, path: str) -> None:
+    """Fail closed: a team with quota rules reaches only metered and free APIs, plus the
+    billable ones its ``allow_unmetered`` patterns name; without rules, nothing changes."""
+    if not config.quota_rules(team_name):
+        return
+    found = surfaces.surface(method, path)
+    if found.treatment != "refused" or config.allows_unmetered(team_name, path):
+        return
+    raise PermissionDeniedError(
+        f"Team {team_name!r} has quota rules and may not call {method} {path}: {found.why} "
+        f"An operator can allow it with teams.{team_name}.allow_unmetered "
+        "(or defaults.allow_unmetered).",
+        code="unmetered_path_not_allowed",
+    )

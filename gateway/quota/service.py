@@ -110,21 +110,24 @@ class QuotaService:
         plan: QuotaPlan,
         *,
         gone: Callable[[], asyncio.Future[None] | None] | None = None,
+        hold_seconds: float | None = None,
     ) -> Reservation:
         """Reserve for every window of the plan, or raise QuotaExceededError (429). A congested
         request waits; the future ``gone()`` gives (its client's connection lost) ends the wait
-        (``LeftQueue``). It is asked for only when the request has to wait."""
+        (``LeftQueue``); it is asked for only when the request has to wait. ``hold_seconds``
+        overrides the usual hold (jobs that settle later: ``quota.jobs``)."""
         now = self.clock()
+        hold = self.hold_seconds if hold_seconds is None else hold_seconds
         store: QuotaStore | None = self.store
         try:
             self.breaker.check()
             if self.queue.has_waiters(team):
                 # Others of the team wait already: queue behind them (first come, first in).
-                outcome = await self._queued(self.store, team, request_id, plan, gone)
+                outcome = await self._queued(self.store, team, request_id, plan, gone, hold)
             else:
-                outcome = await self._reserve_in(self.store, team, request_id, plan, now)
+                outcome = await self._reserve_in(self.store, team, request_id, plan, now, hold)
                 if outcome.state == "congested":
-                    outcome = await self._queued(self.store, team, request_id, plan, gone)
+                    outcome = await self._queued(self.store, team, request_id, plan, gone, hold)
             self.breaker.succeeded()
         except StoreError as exc:
             if not isinstance(exc, StoreSkippedError):
@@ -144,9 +147,9 @@ class QuotaService:
             if self.on_error == "open":
                 return Reservation(team, request_id, plan, plan.requested_output, None, [])
             store = self.local
-            outcome = await self._reserve_in(self.local, team, request_id, plan, now)
+            outcome = await self._reserve_in(self.local, team, request_id, plan, now, hold)
             if outcome.state == "congested":
-                outcome = await self._queued(self.local, team, request_id, plan, gone)
+                outcome = await self._queued(self.local, team, request_id, plan, gone, hold)
         if not outcome.granted:
             now = self.clock()
             error = quota_exceeded(team, plan, outcome, now)
@@ -174,12 +177,13 @@ class QuotaService:
         request_id: str,
         plan: QuotaPlan,
         gone: Callable[[], asyncio.Future[None] | None] | None,
+        hold: float,
     ) -> ReserveOutcome:
         """Wait in the team's queue until the reservation fits (or its last try)."""
 
         async def attempt(last_try: bool) -> ReserveOutcome:
             return await self._reserve_in(
-                store, team, request_id, plan, self.clock(), last_try=last_try
+                store, team, request_id, plan, self.clock(), hold, last_try=last_try
             )
 
         async def abandon(_: ReserveOutcome) -> None:
@@ -213,6 +217,7 @@ class QuotaService:
         request_id: str,
         plan: QuotaPlan,
         now: float,
+        hold_seconds: float,
         *,
         last_try: bool = False,
     ) -> ReserveOutcome:
@@ -223,7 +228,7 @@ class QuotaService:
             requested_output=plan.requested_output,
             min_output=plan.min_output,
             now=now,
-            hold_until=now + self.hold_seconds,
+            hold_until=now + hold_seconds,
             last_try=last_try,
             # Outlives the longest wait by a poll or two, so settlements keep announcing.
             waiting_seconds=self.queue.timeout_seconds + 2 * self.queue.poll_seconds,

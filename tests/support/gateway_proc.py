@@ -58,8 +58,12 @@ class RunningGateway:
     def root(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    closed: bool = False
+
     async def close(self) -> None:
-        await self.runner.cleanup()
+        if not self.closed:  # a test may stop a replica before the fixture does
+            self.closed = True
+            await self.runner.cleanup()
 
 
 async def start_gateway(

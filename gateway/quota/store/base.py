@@ -102,6 +102,40 @@ class QuotaStore(Protocol):
         self, team: str, charges: Sequence[WindowCharge], *, now: float
     ) -> list[WindowUsage]: ...
 
+    # Open jobs: background responses and batches whose reservation settles later, on any
+    # replica (``gateway.quota.jobs``).
+
+    async def open_job(self, team: str, job_id: str, record: bytes) -> None:
+        """Remember a job until it is claimed; the team joins the set the reconciler reads."""
+        ...
+
+    async def open_jobs(self, team: str) -> dict[str, bytes]: ...
+
+    async def job(self, team: str, job_id: str) -> bytes | None:
+        """An open job's record (None: not open)."""
+        ...
+
+    async def settle_job(
+        self,
+        team: str,
+        job_id: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> bool:
+        """In one step: close the job and replace its reservation by ``actual`` (as
+        ``settle``). True for exactly one caller; False, changing nothing, for every other."""
+        ...
+
+    async def job_teams(self) -> list[str]: ...
+
+    async def retire_team(self, team: str) -> None:
+        """Drop a team from the reconciler's set once it has no open job."""
+        ...
+
     async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
         """Call ``on_freed(team)`` whenever any process settles a team that has waiters; runs
         until cancelled. (The embedded store returns at once: its process notifies itself.)"""

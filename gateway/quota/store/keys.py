@@ -42,6 +42,16 @@ def reservation_record(prefix: str, team: str, request_id: str) -> str:
     return reservation_record_prefix(prefix, team) + request_id
 
 
+def open_jobs(prefix: str, team: str) -> str:
+    """Hash: job id (a background response or batch) -> its settlement record."""
+    return f"{team_prefix(prefix, team)}:jobs"
+
+
+def job_teams(prefix: str) -> str:
+    """Set of teams that may have open jobs: what the reconciler reads when idle (one call)."""
+    return f"{prefix}:jobteams"
+
+
 def waiting_flag(prefix: str, team: str) -> str:
     """Exists while a request of the team waits for budget held by reservations."""
     return f"{team_prefix(prefix, team)}:waiting"

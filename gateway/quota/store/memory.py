@@ -35,6 +35,7 @@ class MemoryQuotaStore:
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._reservations: dict[str, dict[str, _Reservation]] = {}
         self._next_sweep = 0.0
+        self._jobs: dict[str, dict[str, bytes]] = {}
 
     def _counter(self, team: str, key: str, now: float) -> _Counter | None:
         counter = self._counters.get((team, key))
@@ -120,6 +121,17 @@ class MemoryQuotaStore:
         *,
         now: float,
     ) -> None:
+        self._settle_now(team, request_id, charges, reserved, actual, now)
+
+    def _settle_now(
+        self,
+        team: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        now: float,
+    ) -> None:
         is_open = self._reservations.get(team, {}).pop(request_id, None) is not None
         for charge, held, used in zip(charges, reserved, actual, strict=True):
             counter = self._counter(team, charge.key, now)
@@ -152,6 +164,39 @@ class MemoryQuotaStore:
                 WindowUsage(counter.used, counter.reserved) if counter else WindowUsage(0, 0)
             )
         return out
+
+    async def open_job(self, team: str, job_id: str, record: bytes) -> None:
+        self._jobs.setdefault(team, {})[job_id] = record
+
+    async def open_jobs(self, team: str) -> dict[str, bytes]:
+        return dict(self._jobs.get(team, {}))
+
+    async def job(self, team: str, job_id: str) -> bytes | None:
+        return self._jobs.get(team, {}).get(job_id)
+
+    async def settle_job(
+        self,
+        team: str,
+        job_id: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> bool:
+        if self._jobs.get(team, {}).pop(job_id, None) is None:
+            return False
+        # No await in between: the claim and the charge are one step on the event loop.
+        self._settle_now(team, request_id, charges, reserved, actual, now)
+        return True
+
+    async def job_teams(self) -> list[str]:
+        return list(self._jobs)
+
+    async def retire_team(self, team: str) -> None:
+        if not self._jobs.get(team, True):
+            del self._jobs[team]
 
     async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
         return None  # one process: the quota service notifies its own waiters on settling

@@ -43,6 +43,7 @@ class RedisQuotaStore:
         self._settle = client.register_script(_script_source("settle_tokens.lua"))
         self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
         self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
+        self._settle_job = client.register_script(_script_source("settle_job.lua"))
         self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:
@@ -142,6 +143,64 @@ class RedisQuotaStore:
         values = [int(v) for v in reply]
         return [WindowUsage(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
+    async def open_job(self, team: str, job_id: str, record: bytes) -> None:
+        async with guarded("redis quota store"):
+            await self._redis.hset(keys.open_jobs(self._prefix, team), job_id, record)
+            await self._redis.sadd(keys.job_teams(self._prefix), team)
+
+    async def open_jobs(self, team: str) -> dict[str, bytes]:
+        async with guarded("redis quota store"):
+            found = await self._redis.hgetall(keys.open_jobs(self._prefix, team))
+        return {_text(k): _bytes(v) for k, v in found.items()}
+
+    async def job(self, team: str, job_id: str) -> bytes | None:
+        async with guarded("redis quota store"):
+            found = await self._redis.hget(keys.open_jobs(self._prefix, team), job_id)
+        return None if found is None else _bytes(found)
+
+    async def settle_job(
+        self,
+        team: str,
+        job_id: str,
+        request_id: str,
+        charges: Sequence[WindowCharge],
+        reserved: Sequence[int],
+        actual: Sequence[int],
+        *,
+        now: float,
+    ) -> bool:
+        args: list[Any] = [job_id, request_id, keys.freed_channel(self._prefix), team]
+        for charge, held, used in zip(charges, reserved, actual, strict=True):
+            args += [held, used, _ms(charge.expires_at)]
+        reply = await self._call(
+            self._settle_job,
+            [
+                keys.open_jobs(self._prefix, team),
+                keys.reservation_index(self._prefix, team),
+                keys.reservation_record(self._prefix, team, request_id),
+                keys.waiting_flag(self._prefix, team),
+                *self._counters(team, charges),
+            ],
+            args,
+        )
+        return bool(int(reply))
+
+    async def job_teams(self) -> list[str]:
+        async with guarded("redis quota store"):
+            found = await self._redis.smembers(keys.job_teams(self._prefix))
+        return sorted(_text(t) for t in found)
+
+    async def retire_team(self, team: str) -> None:
+        # Remove, then look again: a job opened meanwhile (HSET before its SADD) puts the team
+        # back, so no interleaving with open_job loses a team that has a job.
+        jobs, teams = keys.open_jobs(self._prefix, team), keys.job_teams(self._prefix)
+        async with guarded("redis quota store"):
+            if await self._redis.hlen(jobs):
+                return
+            await self._redis.srem(teams, team)
+            if await self._redis.hlen(jobs):
+                await self._redis.sadd(teams, team)
+
     async def listen_for_frees(self, on_freed: Callable[[str], None]) -> None:
         await listen(
             self._redis,
@@ -156,3 +215,11 @@ class RedisQuotaStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value

@@ -1,0 +1,166 @@
+"""Settling background responses and batches when they reach a terminal status: on a client's
+retrieve or cancel (the answer is read on its way to the client) and from the reconciler.
+
+Settlement itself (claim once, charge) is ``gateway.quota.jobs``; this module knows what the
+upstream's objects look like and reads batch output files.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway import apis, json_codec
+from gateway.apis import Usage
+from gateway.pipeline.forward import Call, forward
+from gateway.quota.jobs import JobKind
+from gateway.state import GatewayState
+from gateway.upstream.headers import upstream_request_headers
+
+TERMINAL: dict[JobKind, frozenset[str]] = {
+    "response": frozenset({"completed", "failed", "cancelled", "incomplete"}),
+    "batch": frozenset({"completed", "failed", "expired", "cancelled"}),
+}
+#: Client calls whose answer may show a job finished: (method, path) -> kind.
+_READS = (
+    ("GET", re.compile(r"/responses/([^/]+)/?"), "response"),
+    ("POST", re.compile(r"/responses/([^/]+)/cancel/?"), "response"),
+    ("GET", re.compile(r"/batches/([^/]+)/?"), "batch"),
+    ("POST", re.compile(r"/batches/([^/]+)/cancel/?"), "batch"),
+)
+_MAX_JOB_BODY_BYTES = 16 * 1024 * 1024
+
+
+class JobPollError(Exception):
+    """The upstream could not say how an open job stands (it stays open)."""
+
+
+def job_read(method: str, path: str, query: str) -> JobKind | None:
+    """Which kind of job this client call reads, if it is one the gateway settles from."""
+    if "stream=true" in query:
+        return None  # streamed retrieves are left to the reconciler
+    for want, pattern, kind in _READS:
+        if method == want and pattern.fullmatch(path):
+            return kind  # type: ignore[return-value]
+    return None
+
+
+async def handle_job_read(call: Call, kind: JobKind) -> web.StreamResponse:
+    """Forward, answer the client, and settle the job if the answer shows it finished."""
+    forwarded = await forward(call, await call.request.read() or None, accept_encoding=None)
+    upstream = forwarded.upstream
+    try:
+        data = await upstream.read()
+    finally:
+        upstream.release()
+    if upstream.status < 300:
+        obj = _object(data)
+        if obj is not None:
+            await settle_if_terminal(call.state, call.team_name, kind, obj)
+    return web.Response(status=upstream.status, body=data, headers=forwarded.headers)
+
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json_codec.loads(data)
+    except apis.BAD_JSON:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+async def settle_if_terminal(
+    state: GatewayState, team: str, kind: JobKind, obj: dict[str, Any]
+) -> bool:
+    """Settle the team's open job ``obj`` names if ``obj`` is terminal; True if this call did."""
+    job_id, status = obj.get("id"), obj.get("status")
+    if not isinstance(job_id, str) or status not in TERMINAL[kind]:
+        return False
+    if kind == "response":
+        usage = apis.RESPONSES.usage(obj.get("usage"))
+        requests = 1
+    else:
+        usage, requests = await batch_usage(state, obj)
+    settled = await state.jobs.settle(team, job_id, usage, requests)
+    if settled and usage is not None:
+        model = obj.get("model") if kind == "response" else None
+        _count_tokens(state, team, str(model or kind), usage)
+    return settled
+
+
+def _count_tokens(state: GatewayState, team: str, model: str, usage: Usage) -> None:
+    tokens = state.metrics.tokens
+    for kind, value in (
+        ("prompt", usage.prompt_tokens),
+        ("cached_prompt", usage.cached_prompt_tokens),
+        ("completion", usage.completion_tokens),
+        ("reasoning", usage.reasoning_tokens),
+    ):
+        if value:
+            tokens.labels(team=team, model=model, kind=kind).inc(value)
+
+
+async def batch_usage(state: GatewayState, batch: dict[str, Any]) -> tuple[Usage | None, int]:
+    """The usage a batch's output file reports, line by line, and how many lines ran; None
+    when the file cannot be read (the reservation then stays charged)."""
+    endpoint = str(batch.get("endpoint") or "")
+    api = apis.classify("POST", endpoint.removeprefix("/v1"))
+    file_id = batch.get("output_file_id")
+    if not isinstance(file_id, str):
+        return Usage(), 0  # nothing ran (cancelled or failed before any line)
+    status, data = await upstream_get(state, f"/files/{file_id}/content")
+    if status >= 300:
+        return None, 0
+    total = Usage()
+    lines = 0
+    for raw in data.splitlines():
+        line = _object(raw)
+        response = line.get("response") if line else None
+        body = response.get("body") if isinstance(response, dict) else None
+        if not isinstance(body, dict):
+            continue
+        lines += 1
+        usage = api.usage(body.get("usage"))
+        if usage is not None:
+            total = add_usage(total, usage)
+    return total, lines
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+        cached_prompt_tokens=a.cached_prompt_tokens + b.cached_prompt_tokens,
+        total_tokens=(a.total_tokens or a.prompt_tokens + a.completion_tokens)
+        + (b.total_tokens or b.prompt_tokens + b.completion_tokens),
+    )
+
+
+async def upstream_get(state: GatewayState, path: str) -> tuple[int, bytes]:
+    """A GET with the real key and no client behind it (reconciler, batch files)."""
+    headers = upstream_request_headers(
+        CIMultiDictProxy(CIMultiDict()), state.upstream.config, accept_encoding=None
+    )
+    upstream = await state.upstream.send("GET", path, "", headers, None)
+    try:
+        data = await upstream.read()
+    finally:
+        upstream.release()
+    if len(data) > _MAX_JOB_BODY_BYTES:
+        return 413, b""
+    return upstream.status, data
+
+
+async def poll_job(state: GatewayState, team: str, kind: JobKind, job_id: str) -> bool:
+    """Ask the upstream about one open job and settle it if it finished."""
+    path = f"/responses/{job_id}" if kind == "response" else f"/batches/{job_id}"
+    status, data = await upstream_get(state, path)
+    obj = _object(data) if status < 300 else None
+    if obj is None:
+        if status == 404:  # deleted upstream: its usage is gone, keep what was reserved
+            return await state.jobs.settle(team, job_id, None, 1)
+        raise JobPollError(f"upstream answered {status} for {kind} {job_id}")
+    return await settle_if_terminal(state, team, kind, obj)

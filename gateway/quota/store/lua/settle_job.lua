@@ -1,0 +1,43 @@
+-- Settle an open job (background response or batch) exactly once: take it out of the team's
+-- open jobs and replace its reservation by what it used, in one step. A caller that finds the
+-- job gone (another replica settled it) changes nothing; a crash cannot fall between the
+-- claim and the charge. Otherwise as settle_tokens.lua (including the wake-up for waiters).
+--
+-- KEYS[1]     the team's open jobs (hash: job id -> record)
+-- KEYS[2]     reservation index of the team (zset: request id -> hold-until, ms)
+-- KEYS[3]     the job's reservation record
+-- KEYS[4]     the team's "someone waits" flag
+-- KEYS[5..]   window counters (hash: used, reserved), one per charge
+-- ARGV[1]     job id
+-- ARGV[2]     the job's request id (its reservation's id)
+-- ARGV[3]     channel that tells every replica a team's budget was freed
+-- ARGV[4]     team
+-- ARGV[5+3i..7+3i] per charge i (0-based): amount reserved, amount to charge, counter
+--             expire-at (ms)
+--
+-- Returns 1 if this call settled the job, 0 if it was not open.
+
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local open = redis.call('ZSCORE', KEYS[2], ARGV[2])
+local n = #KEYS - 4
+for i = 1, n do
+  local base = 5 + 3 * (i - 1)
+  local reserved = tonumber(ARGV[base])
+  local charge = tonumber(ARGV[base + 1])
+  local counter = KEYS[i + 4]
+  if open and reserved > 0 and redis.call('EXISTS', counter) == 1 then
+    redis.call('HINCRBY', counter, 'reserved', -reserved)
+  end
+  if charge > 0 then
+    redis.call('HINCRBY', counter, 'used', charge)
+    redis.call('PEXPIREAT', counter, ARGV[base + 2])
+  end
+end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if open and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+return 1
