@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "gateway.config_loader": 0,
     "gateway.config_base": 0,
     "gateway.config_storage": 0,
+    "gateway.config_admission": 0,
     "gateway.apis": 0,
     "gateway.sse": 0,
     "gateway.metrics": 0,
