@@ -57,6 +57,8 @@ async def _listen_once(
                     data = message["data"]
                     on_message(data if isinstance(data, bytes) else str(data).encode())
     finally:
+        # Bounded: this also runs when the listener is cancelled at shutdown, and redis-py's
+        # close can wait on a connection that is being re-established.
         with contextlib.suppress(StoreError):
-            async with guarded(what):
+            async with guarded(what, bound_seconds=CANCEL_WAIT_SECONDS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
