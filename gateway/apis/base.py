@@ -152,6 +152,11 @@ class ApiSpec:
         """Below this an output limit is useless (or refused by the API): never clamp under."""
         return profile.min_output_tokens
 
+    def runs_in_background(self, info: RequestInfo, body: dict[str, Any]) -> bool:
+        """Does the upstream keep working after it answers (the request settles when the work
+        finishes, not when this call ends)?"""
+        return False
+
     # -- caching -------------------------------------------------------------------------------
 
     def cache_refusal(self, body: dict[str, Any], options: CacheOptions) -> CacheRefusal | None:

@@ -70,6 +70,10 @@ class ResponsesApi(ApiSpec):
         reasoning["effort"] = effort
         return {**body, "reasoning": reasoning}
 
+    def runs_in_background(self, info: RequestInfo, body: dict[str, Any]) -> bool:
+        # A streamed background response is relayed (and settled) like any stream.
+        return body.get("background") is True and not info.stream
+
     def min_output_tokens(self, profile: ModelLimits) -> int:
         return max(profile.min_output_tokens, MIN_OUTPUT_TOKENS)
 

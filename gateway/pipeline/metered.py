@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import apis, json_codec
+from gateway import json_codec
 from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
@@ -51,11 +51,7 @@ class MeteredCall:
     @property
     def background(self) -> bool:
         """A background response: it settles when it finishes, not when this call ends."""
-        return (
-            self.info.api is apis.RESPONSES
-            and self.body.get("background") is True
-            and not self.info.stream
-        )
+        return self.info.api.runs_in_background(self.info, self.body)
 
 
 async def handle_metered(call: Call, api: ApiSpec) -> web.StreamResponse:
@@ -283,7 +279,7 @@ async def _forward(
             return _client_left(metered)
         exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
         if upstream.status < 300 and metered.background:
-            _note_background(exchange, data)
+            _note_background(exchange, api, data)
         elif upstream.status < 300:
             exchange.usage = api.usage_from_json(data)
             if plan is not None:
@@ -303,7 +299,7 @@ def _watch_client(metered: MeteredCall) -> contextlib.AbstractContextManager[obj
     return cancel_on_disconnect(metered.call.request)
 
 
-def _note_background(exchange: Exchange, data: bytes) -> None:
+def _note_background(exchange: Exchange, api: ApiSpec, data: bytes) -> None:
     """A background response still running hands its reservation over to a job."""
     try:
         obj = json_codec.loads(data)
@@ -312,7 +308,7 @@ def _note_background(exchange: Exchange, data: bytes) -> None:
     if not isinstance(obj, dict):
         return
     if obj.get("status") in TERMINAL["response"]:
-        exchange.usage = apis.RESPONSES.usage(obj.get("usage"))
+        exchange.usage = api.usage(obj.get("usage"))
     elif isinstance(obj.get("id"), str):
         exchange.extra["background_id"] = obj["id"]
 
