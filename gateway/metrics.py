@@ -149,15 +149,17 @@ class Metrics:
         )
         self.tokens = Counter(
             "gateway_tokens",
-            "Tokens reported by the upstream, by kind (prompt, cached_prompt, completion, "
-            "reasoning). Reasoning tokens are part of completion tokens.",
-            ["team", "model", "kind"],
+            "Tokens reported by the upstream, by endpoint (the API, or batches and "
+            "responses_background for work settled when it finishes) and kind (prompt, "
+            "cached_prompt, completion, reasoning). Reasoning tokens are part of completion "
+            "tokens.",
+            ["team", "model", "endpoint", "kind"],
             registry=r,
         )
         self.saved_tokens = Counter(
             "gateway_cache_saved_tokens",
-            "Tokens not spent upstream because a cache hit answered, by kind.",
-            ["team", "model", "kind"],
+            "Tokens not spent upstream because a cache hit answered, by endpoint and kind.",
+            ["team", "model", "endpoint", "kind"],
             registry=r,
         )
         self.quota_rejections = Counter(

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.app import RECONCILER
 from gateway.mock import MockUpstream
+from gateway.state import STATE
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, token
 from tests.support.jobs import open_jobs, reconcile_until_settled, usage
 from tests.support.redis_proc import RedisProcess
@@ -79,6 +80,16 @@ async def test_reserved_at_create_and_settled_by_the_reconciler(
     }
     assert after["total_tokens"]["used"] == real.usage.total_tokens
     assert await reconcile_until_settled(gw) == 0  # nothing left to settle
+    registry = gw.runner.app[STATE].metrics.registry
+    labels = {"team": "ml", "endpoint": "responses_background", "kind": "completion"}
+    counted = sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == "gateway_tokens"
+        for sample in metric.samples
+        if sample.name == "gateway_tokens_total" and labels.items() <= sample.labels.items()
+    )
+    assert counted == real.usage.output_tokens
 
 
 async def test_a_client_retrieve_settles_it(

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from gateway.mock import MockUpstream
+from gateway.state import STATE
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, token
 from tests.support.jobs import open_jobs, reconcile_until_settled, usage
 from tests.support.redis_proc import RedisProcess
@@ -90,6 +91,12 @@ async def test_a_batch_reserves_whole_and_settles_to_its_output_file(
     assert after["total_tokens"]["used"] == total
     assert after["requests"]["used"] == 10
     assert all(rule["reserved"] == 0 for rule in after.values())
+    registry = gw.runner.app[STATE].metrics.registry
+    counted = registry.get_sample_value(
+        "gateway_tokens_total",
+        {"team": "ml", "model": "other", "endpoint": "batches", "kind": "completion"},
+    )
+    assert counted == completion  # batch usage shows up as such in gateway_tokens_total
 
 
 async def test_charged_once_with_two_replicas_one_restarted(

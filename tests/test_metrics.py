@@ -77,8 +77,9 @@ async def test_traffic_shows_up_by_team_model_and_token_kind(make_gateway) -> No
         value(m, "gateway_requests_total", model="gpt-4o-mini", **{**ok, "status_class": "5xx"})
         == 1
     )
-    assert value(m, "gateway_tokens_total", team="ml", model="o3-mini", kind="reasoning") == 32
-    assert value(m, "gateway_tokens_total", team="ml", model="o3-mini", kind="completion") == 56
+    chat = {"team": "ml", "model": "o3-mini", "endpoint": "chat_completions"}
+    assert value(m, "gateway_tokens_total", **chat, kind="reasoning") == 32
+    assert value(m, "gateway_tokens_total", **chat, kind="completion") == 56
     assert (
         value(m, "gateway_quota_rejections_total", team="ml", metric="requests", reason="exhausted")
         == 1

@@ -78,7 +78,7 @@ class Exchange:
                 ("reasoning", usage.reasoning_tokens),
             ):
                 if value:
-                    child(counter, team, model, kind).inc(value)
+                    child(counter, team, model, endpoint, kind).inc(value)
 
     def log(self) -> None:
         usage = self.usage

@@ -86,11 +86,13 @@ async def settle_if_terminal(
     settled = await state.jobs.settle(team, job_id, usage, requests)
     if settled and usage is not None:
         model = obj.get("model") if kind == "response" else None
-        _count_tokens(state, team, str(model or kind), usage)
+        endpoint = "responses_background" if kind == "response" else "batches"
+        label = state.metrics.model_label(model if isinstance(model, str) else None)
+        _count_tokens(state, team, label, endpoint, usage)
     return settled
 
 
-def _count_tokens(state: GatewayState, team: str, model: str, usage: Usage) -> None:
+def _count_tokens(state: GatewayState, team: str, model: str, endpoint: str, usage: Usage) -> None:
     tokens = state.metrics.tokens
     for kind, value in (
         ("prompt", usage.prompt_tokens),
@@ -99,7 +101,7 @@ def _count_tokens(state: GatewayState, team: str, model: str, usage: Usage) -> N
         ("reasoning", usage.reasoning_tokens),
     ):
         if value:
-            tokens.labels(team=team, model=model, kind=kind).inc(value)
+            tokens.labels(team=team, model=model, endpoint=endpoint, kind=kind).inc(value)
 
 
 async def batch_usage(state: GatewayState, batch: dict[str, Any]) -> tuple[Usage | None, int]:
