@@ -7,7 +7,8 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -207,6 +208,19 @@ def create_app(
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
+
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """A task that runs for the app's life and is cancelled (and awaited) at cleanup."""
+    task = asyncio.get_running_loop().create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 _SESSION = web.AppKey("gateway.upstream_session", aiohttp.ClientSession)
 _METRICS = web.AppKey("gateway.metrics", Metrics)
 _STORES = web.AppKey("gateway.stores", Stores)
@@ -260,11 +274,8 @@ def _quota_service(config: GatewayConfig, clock: Callable[[], float]) -> Cleanup
         )
         quotas.configure_admission(config.admission)
         app[_QUOTAS] = quotas
-        wakeups = asyncio.get_running_loop().create_task(quotas.listen_for_frees())
-        yield
-        wakeups.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await wakeups
+        async with _running(quotas.listen_for_frees()):
+            yield
         await quotas.drain()  # settle what requests in flight reserved
 
     return quota_service
@@ -287,13 +298,8 @@ async def _purge_listener(app: web.Application) -> AsyncIterator[None]:
     if not isinstance(backend, RedisCacheBackend):
         yield
         return
-    task = asyncio.get_running_loop().create_task(
-        backend.listen_for_purges(app[_CACHE].local.purge)
-    )
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(backend.listen_for_purges(app[_CACHE].local.purge)):
+        yield
 
 
 def _gateway_state(config: GatewayConfig, clock: Callable[[], float]) -> CleanupContext:
@@ -318,8 +324,5 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
     """Settles background responses and batches that finished (``pipeline.reconciler``)."""
     reconciler = Reconciler(app[STATE])
     app[RECONCILER] = reconciler
-    task = asyncio.get_running_loop().create_task(reconciler.run())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(reconciler.run()):
+        yield

@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.apis import Usage
+from gateway.config import GatewayConfig
 
 MAX_MODEL_LABELS = 200
 OTHER = "other"
@@ -305,6 +306,17 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*label_values)
         return found
+
+    def count_usage(self, counter: Any, team: str, model: str, endpoint: str, usage: Usage) -> None:
+        """Add a usage to ``tokens`` or ``saved_tokens``, one series per kind of token."""
+        for kind, value in (
+            ("prompt", usage.prompt_tokens),
+            ("cached_prompt", usage.cached_prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ):
+            if value:
+                self.child(counter, team, model, endpoint, kind).inc(value)
 
     def configure(self, config: GatewayConfig) -> None:
         """Called at start and on every reload: the label sets follow the config. The quota

@@ -22,7 +22,7 @@ from gateway import apis, json_codec
 from gateway.apis import BAD_JSON, ApiSpec
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
-from gateway.pipeline.forward import Call, forward
+from gateway.pipeline.forward import Call, forward_whole
 from gateway.pipeline.jobs import settle_if_terminal
 from gateway.quota.policy import PlannedWindow, QuotaPlan, plan_request, reserved_amounts
 from gateway.quota.service import Reservation
@@ -165,12 +165,8 @@ async def _create(
     released = True
     job: dict[str, Any] | None = None
     try:
-        forwarded = await forward(call, raw, accept_encoding=None, content_type="application/json")
+        forwarded, data = await forward_whole(call, raw, content_type="application/json")
         upstream = forwarded.upstream
-        try:
-            data = await upstream.read()
-        finally:
-            upstream.release()
         if upstream.status < 300:
             released = False
             try:

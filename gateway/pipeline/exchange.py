@@ -71,14 +71,7 @@ class Exchange:
         usage = self.usage
         if usage is not None:
             counter = metrics.saved_tokens if self.cache == "hit" else metrics.tokens
-            for kind, value in (
-                ("prompt", usage.prompt_tokens),
-                ("cached_prompt", usage.cached_prompt_tokens),
-                ("completion", usage.completion_tokens),
-                ("reasoning", usage.reasoning_tokens),
-            ):
-                if value:
-                    child(counter, team, model, endpoint, kind).inc(value)
+            metrics.count_usage(counter, team, model, endpoint, usage)
 
     def log(self) -> None:
         usage = self.usage

@@ -77,6 +77,25 @@ async def forward(
     return Forwarded(upstream, response_headers, sent_at)
 
 
+async def forward_whole(
+    call: Call,
+    body: bytes | None,
+    *,
+    accept_encoding: str | None = None,
+    content_type: str | None = None,
+) -> tuple[Forwarded, bytes]:
+    """``forward`` for a small JSON answer the gateway reads whole (models list, jobs): the
+    upstream response is read and released here."""
+    forwarded = await forward(
+        call, body, accept_encoding=accept_encoding, content_type=content_type
+    )
+    try:
+        data = await forwarded.upstream.read()
+    finally:
+        forwarded.upstream.release()
+    return forwarded, data
+
+
 def _error_kind(exc: GatewayError) -> str | None:
     if exc.status == 504:
         return "timeout"

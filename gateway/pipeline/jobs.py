@@ -15,7 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import apis, json_codec
 from gateway.apis import Usage
-from gateway.pipeline.forward import Call, forward
+from gateway.pipeline.forward import Call, forward_whole
 from gateway.quota.jobs import JobKind
 from gateway.state import GatewayState
 from gateway.upstream.headers import upstream_request_headers
@@ -50,12 +50,8 @@ def job_read(method: str, path: str, query: str) -> JobKind | None:
 
 async def handle_job_read(call: Call, kind: JobKind) -> web.StreamResponse:
     """Forward, answer the client, and settle the job if the answer shows it finished."""
-    forwarded = await forward(call, await call.request.read() or None, accept_encoding=None)
+    forwarded, data = await forward_whole(call, await call.request.read() or None)
     upstream = forwarded.upstream
-    try:
-        data = await upstream.read()
-    finally:
-        upstream.release()
     if upstream.status < 300:
         obj = _object(data)
         if obj is not None:
@@ -87,21 +83,10 @@ async def settle_if_terminal(
     if settled and usage is not None:
         model = obj.get("model") if kind == "response" else None
         endpoint = "responses_background" if kind == "response" else "batches"
-        label = state.metrics.model_label(model if isinstance(model, str) else None)
-        _count_tokens(state, team, label, endpoint, usage)
+        metrics = state.metrics
+        label = metrics.model_label(model if isinstance(model, str) else None)
+        metrics.count_usage(metrics.tokens, team, label, endpoint, usage)
     return settled
-
-
-def _count_tokens(state: GatewayState, team: str, model: str, endpoint: str, usage: Usage) -> None:
-    tokens = state.metrics.tokens
-    for kind, value in (
-        ("prompt", usage.prompt_tokens),
-        ("cached_prompt", usage.cached_prompt_tokens),
-        ("completion", usage.completion_tokens),
-        ("reasoning", usage.reasoning_tokens),
-    ):
-        if value:
-            tokens.labels(team=team, model=model, endpoint=endpoint, kind=kind).inc(value)
 
 
 async def batch_usage(state: GatewayState, batch: dict[str, Any]) -> tuple[Usage | None, int]:

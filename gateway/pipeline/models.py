@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.pipeline.forward import Call, forward
+from gateway.pipeline.forward import Call, forward_whole
 from gateway.pipeline.team_policy import visible_models
 
 
 async def list_models(call: Call) -> web.StreamResponse:
-    forwarded = await forward(call, None, accept_encoding=None)
-    upstream = forwarded.upstream
-    try:
-        data = await upstream.read()
-    finally:
-        upstream.release()
-    if upstream.status == 200:
+    forwarded, data = await forward_whole(call, None)
+    status = forwarded.upstream.status
+    if status == 200:
         data = visible_models(data, call.team)
-    return web.Response(status=upstream.status, body=data, headers=forwarded.headers)
+    return web.Response(status=status, body=data, headers=forwarded.headers)

@@ -18,7 +18,7 @@ from typing import Literal
 
 from gateway import json_codec
 from gateway.apis import Usage
-from gateway.quota.policy import CONCURRENCY
+from gateway.quota.policy import used_amount
 from gateway.quota.service import QuotaService, Reservation
 from gateway.quota.store.base import QuotaStore, WindowCharge
 from gateway.storage.errors import StoreError
@@ -78,21 +78,7 @@ class OpenJob:
 
 def job_amounts(metrics: Sequence[str], usage: Usage, requests: int) -> list[int]:
     """What a finished job really used, per charge (``requests``: how many it ran)."""
-    amounts = []
-    for metric in metrics:
-        if metric == "completion_tokens":
-            amounts.append(usage.completion_tokens)
-        elif metric == "reasoning_tokens":
-            amounts.append(usage.reasoning_tokens)
-        elif metric == "prompt_tokens":
-            amounts.append(usage.prompt_tokens)
-        elif metric == "total_tokens":
-            amounts.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
-        elif metric == CONCURRENCY:
-            amounts.append(0)  # a finished job is no longer in flight
-        else:
-            amounts.append(requests)
-    return amounts
+    return [used_amount(metric, usage, requests) for metric in metrics]
 
 
 class JobLedger:

@@ -153,23 +153,23 @@ def _amounts(metric: str, prompt: int, choices: int, profile: ModelProfile) -> t
     return 1, 0  # requests
 
 
+def used_amount(metric: str, usage: Usage, requests: int = 1) -> int:
+    """What a finished request (or job that ran ``requests`` requests) used of ``metric``."""
+    if metric == "completion_tokens":
+        return usage.completion_tokens
+    if metric == "reasoning_tokens":
+        return usage.reasoning_tokens
+    if metric == "prompt_tokens":
+        return usage.prompt_tokens
+    if metric == "total_tokens":
+        return usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+    if metric == CONCURRENCY:
+        return 0  # finished: no longer in flight
+    return requests
+
+
 def actual_amounts(plan: QuotaPlan, usage: Usage) -> list[int]:
-    amounts = []
-    for planned in plan.windows:
-        metric = planned.rule.metric
-        if metric == "completion_tokens":
-            amounts.append(usage.completion_tokens)
-        elif metric == "reasoning_tokens":
-            amounts.append(usage.reasoning_tokens)
-        elif metric == "prompt_tokens":
-            amounts.append(usage.prompt_tokens)
-        elif metric == "total_tokens":
-            amounts.append(usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
-        else:
-            amounts.append(1)
-    if plan.concurrency is not None:
-        amounts.append(0)  # a finished request is no longer in flight
-    return amounts
+    return [used_amount(plan.metric_of(i), usage) for i in range(len(plan.charges))]
 
 
 def reserved_amounts(plan: QuotaPlan, output: int) -> list[int]:
