@@ -132,13 +132,15 @@ async def upstream_get(state: GatewayState, path: str) -> tuple[int, bytes]:
         CIMultiDictProxy(CIMultiDict()), state.upstream.config, accept_encoding=None
     )
     upstream = await state.upstream.send("GET", path, "", headers, None)
+    data = bytearray()
     try:
-        data = await upstream.read()
+        async for chunk in upstream.chunks():
+            data += chunk
+            if len(data) > _MAX_JOB_BODY_BYTES:
+                return 413, b""  # stop reading: nothing this large is a job or its file
     finally:
         upstream.release()
-    if len(data) > _MAX_JOB_BODY_BYTES:
-        return 413, b""
-    return upstream.status, data
+    return upstream.status, bytes(data)
 
 
 async def poll_job(state: GatewayState, team: str, kind: JobKind, job_id: str) -> bool:
