@@ -21,12 +21,14 @@ from gateway.storage.pubsub import listen
 _STATES: dict[int, ReserveState] = {1: "granted", 0: "exhausted", 2: "congested"}
 
 
-def _script_source(name: str, *, with_purge: bool = False) -> str:
+_PURGE = "purge_expired.lua"
+_REPLACE = "replace_reservation.lua"
+
+
+def _script_source(name: str, *preludes: str) -> str:
+    """A script with the shared Lua functions it calls prepended (Lua files cannot import)."""
     lua = resources.files(__package__) / "lua"
-    source = (lua / name).read_text(encoding="utf-8")
-    if with_purge:
-        source = (lua / "purge_expired.lua").read_text(encoding="utf-8") + "\n" + source
-    return source
+    return "\n".join((lua / part).read_text(encoding="utf-8") for part in (*preludes, name))
 
 
 def _ms(seconds: float) -> int:
@@ -38,12 +40,12 @@ class RedisQuotaStore:
         self._redis = client
         self._prefix = prefix
         self._reserve = client.register_script(
-            _script_source("reserve_tokens.lua", with_purge=True)
+            _script_source("reserve_tokens.lua", _PURGE)
         )
-        self._settle = client.register_script(_script_source("settle_tokens.lua"))
-        self._peek = client.register_script(_script_source("peek_usage.lua", with_purge=True))
+        self._settle = client.register_script(_script_source("settle_tokens.lua", _REPLACE))
+        self._peek = client.register_script(_script_source("peek_usage.lua", _PURGE))
         self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
-        self._settle_job = client.register_script(_script_source("settle_job.lua"))
+        self._settle_job = client.register_script(_script_source("settle_job.lua", _REPLACE))
         self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:

@@ -20,24 +20,5 @@
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
-local open = redis.call('ZSCORE', KEYS[2], ARGV[2])
-local n = #KEYS - 4
-for i = 1, n do
-  local base = 5 + 3 * (i - 1)
-  local reserved = tonumber(ARGV[base])
-  local charge = tonumber(ARGV[base + 1])
-  local counter = KEYS[i + 4]
-  if open and reserved > 0 and redis.call('EXISTS', counter) == 1 then
-    redis.call('HINCRBY', counter, 'reserved', -reserved)
-  end
-  if charge > 0 then
-    redis.call('HINCRBY', counter, 'used', charge)
-    redis.call('PEXPIREAT', counter, ARGV[base + 2])
-  end
-end
-redis.call('DEL', KEYS[3])
-redis.call('ZREM', KEYS[2], ARGV[2])
-if open and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-end
+replace_reservation(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], 5, 5)
 return 1

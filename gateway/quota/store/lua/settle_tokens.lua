@@ -15,25 +15,7 @@
 -- Publishes the team on the channel only while someone waits, so settling costs nothing extra
 -- when nobody does. Returns 1 if the reservation was still open, 0 otherwise.
 
-local open = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local n = #KEYS - 3
-for i = 1, n do
-  local base = 4 + 3 * (i - 1)
-  local reserved = tonumber(ARGV[base])
-  local charge = tonumber(ARGV[base + 1])
-  local counter = KEYS[i + 3]
-  if open and reserved > 0 and redis.call('EXISTS', counter) == 1 then
-    redis.call('HINCRBY', counter, 'reserved', -reserved)
-  end
-  if charge > 0 then
-    redis.call('HINCRBY', counter, 'used', charge)
-    redis.call('PEXPIREAT', counter, ARGV[base + 2])
-  end
+if replace_reservation(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 4, 4) then
+  return 1
 end
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[1], ARGV[1])
-if open and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-if open then return 1 end
 return 0
