@@ -39,9 +39,7 @@ class RedisQuotaStore:
     def __init__(self, client: RedisClient, *, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
-        self._reserve = client.register_script(
-            _script_source("reserve_tokens.lua", _PURGE)
-        )
+        self._reserve = client.register_script(_script_source("reserve_tokens.lua", _PURGE))
         self._settle = client.register_script(_script_source("settle_tokens.lua", _REPLACE))
         self._peek = client.register_script(_script_source("peek_usage.lua", _PURGE))
         self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
