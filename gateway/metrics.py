@@ -163,6 +163,20 @@ class Metrics:
             ["team", "model", "endpoint", "kind"],
             registry=r,
         )
+        self.cost = Counter(
+            "gateway_cost_usd",
+            "Spend in USD at the configured prices (`pricing`), from settled usage: what the "
+            "upstream reported, or what was charged for a request its client left early. "
+            "Requests for models without a price add nothing.",
+            ["team", "model"],
+            registry=r,
+        )
+        self.saved_cost = Counter(
+            "gateway_cache_saved_usd",
+            "USD not spent upstream because a cache hit answered, at the configured prices.",
+            ["team", "model"],
+            registry=r,
+        )
         self.quota_rejections = Counter(
             "gateway_quota_rejections",
             "Requests refused (429) by a quota rule, by reason: exhausted (settled usage left "
