@@ -60,3 +60,14 @@ def waiting_flag(prefix: str, team: str) -> str:
 def freed_channel(prefix: str) -> str:
     """Settlements publish a team's name here while it has waiters (one channel for all)."""
     return f"{prefix}:quota-freed"
+
+
+def state_marker(prefix: str, shard: int | None = None) -> str:
+    """The key without TTL whose absence means the quota Redis lost its state.
+
+    One server: ``shard`` is None and there is one marker. A cluster has one marker per primary:
+    shard ``n`` carries the hash tag ``{mN}``, and the marker of a primary is the first shard
+    whose slot it serves (``gateway.quota.store.guards``).
+    """
+    base = f"{prefix}:quota-state-marker"
+    return base if shard is None else f"{base}:{{m{shard}}}"
