@@ -226,6 +226,21 @@ async def test_get_or_lock_and_put_and_unlock(redis_client: Redis, backend_kind:
     assert await two.acquire_lock(KEY_A, 5)  # the lock was released with the store
 
 
+async def test_a_resent_get_or_lock_still_holds_the_lock(redis_client: Redis) -> None:
+    """The same call run twice (resent after its reply was lost) took the lock the first time:
+    the second run must say so, or the leader would wait for itself."""
+    from importlib import resources
+
+    source = resources.files("gateway.cache").joinpath("lua", "get_or_lock.lua").read_text()
+    script = redis_client.register_script(source)
+    backend = RedisCacheBackend(redis_client, f"r{uuid.uuid4().hex[:8]}")
+    lock_keys = [backend.entry_key(KEY_A), backend.lock_key(KEY_A)]
+    assert await script(keys=lock_keys, args=["mine", 5000]) == [None, 1]
+    assert await script(keys=lock_keys, args=["mine", 5000]) == [None, 1]
+    assert await script(keys=lock_keys, args=["theirs", 5000]) == [None, 0]
+    await redis_client.delete(lock_keys[1])
+
+
 async def test_redis_purge_leaves_other_prefixes(redis_client: Redis) -> None:
     mine = RedisCacheBackend(redis_client, f"p{uuid.uuid4().hex[:8]}")
     other = RedisCacheBackend(redis_client, f"q{uuid.uuid4().hex[:8]}")

@@ -131,6 +131,52 @@ async def test_settle_replaces_the_reservation_by_real_usage(store: QuotaStore) 
     assert await state(store, c) == [(123, 0)]
 
 
+async def test_a_resent_settlement_charges_once(redis_server: RedisProcess) -> None:
+    """A settlement that ran but whose reply was lost is sent again (redis-py resends after a
+    dropped connection, the quota service retries): the second run charges nothing."""
+    from gateway.quota.service import SETTLE_RETRY_DELAYS_SECONDS
+    from gateway.quota.store.redis import SETTLED_TOMBSTONE_SECONDS
+
+    prefix = "s" + uuid.uuid4().hex[:8]
+    client = await connect(redis_server.url, timeout_seconds=2)
+    store = RedisQuotaStore(client, prefix=prefix)
+    c = [charge(limit=1000)]
+    try:
+        await reserve(store, "a", c, 600)
+        for _ in range(2):
+            await store.settle("team", "a", c, [600], [123], now=NOW)
+        assert await state(store, c) == [(123, 0)]
+        # The tombstone outlives the whole retry schedule (a generous 5 s timeout per try).
+        ttl = await client.pttl(keys.reservation_record(prefix, "team", "a"))
+        assert 0 < ttl <= SETTLED_TOMBSTONE_SECONDS * 1000
+        assert (
+            sum(SETTLE_RETRY_DELAYS_SECONDS) + 5 * len(SETTLE_RETRY_DELAYS_SECONDS)
+            < SETTLED_TOMBSTONE_SECONDS
+        )
+        # A reservation that expired and was purged leaves no tombstone: its late settlement
+        # is still charged (never under-count).
+        await reserve(store, "late", c, 100, hold=NOW + 10)
+        assert await state(store, c, now=NOW + 11) == [(123, 0)]
+        await store.settle("team", "late", c, [100], [7], now=NOW + 12)
+        assert await state(store, c, now=NOW + 12) == [(130, 0)]
+    finally:
+        await client.aclose()
+
+
+async def test_a_resent_reserve_replaces_its_first_run(redis_server: RedisProcess) -> None:
+    client = await connect(redis_server.url, timeout_seconds=2)
+    store = RedisQuotaStore(client, prefix="d" + uuid.uuid4().hex[:8])
+    c = [charge(limit=1000)]
+    try:
+        for _ in range(2):
+            assert (await reserve(store, "a", c, 600)).granted
+        assert await state(store, c) == [(0, 600)]  # not 1200: it would never be freed
+        await store.settle("team", "a", c, [600], [50], now=NOW)
+        assert await state(store, c) == [(50, 0)]
+    finally:
+        await client.aclose()
+
+
 async def test_release_frees_everything(store: QuotaStore) -> None:
     c = [charge(limit=1000)]
     await reserve(store, "a", c, 600)

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.cli import _usage_rows
+from gateway.config_loader import parse_config
 from gateway.mock import MockUpstream
 from gateway.quota.store import keys
 from gateway.storage.client import connect
@@ -372,3 +375,191 @@ async def test_two_replicas_eight_teams_on_every_primary(
         out = await asyncio.to_thread(gateway_cli, config, tmp_path, "cache", "purge")
         assert f"removed {total - of_first} cache entries" in out
         assert all(keys_on_node(port, entries) == [] for port in primaries)
+
+
+# --- Traffic while a node goes away -----------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """What the clients of a steady stream of metered requests got, per team."""
+
+    served: Counter[str] = field(default_factory=Counter)  # completion tokens received
+    answered: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # 503 quota store unavailable
+    unexpected: list[str] = field(default_factory=list)
+
+    def snapshot(self) -> Counter[str]:
+        return Counter(self.answered)
+
+
+async def steady_traffic(
+    sdk: Clients, teams: list[str], traffic: Traffic, stop: asyncio.Event, bound_seconds: float
+) -> None:
+    """One request at a time per team, alternating replicas, until ``stop`` (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_seconds
+
+    async def worker(team: str) -> None:
+        i = 0
+        while not stop.is_set() and loop.time() < deadline:
+            i += 1
+            try:
+                done = await sdk(i, team).chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": f"steady {i}"}],
+                    max_completion_tokens=50,
+                    extra_headers={"x-mock-completion-tokens": "5"},
+                )
+            except openai.APIStatusError as exc:
+                if exc.status_code == 503 and "Quota store unavailable" in exc.message:
+                    traffic.refused[team] += 1
+                    # Pacing, not synchronisation: refusals come back at once, and a tight
+                    # loop of them would take the CPU the restarting node needs.
+                    await asyncio.sleep(0.02)
+                else:
+                    traffic.unexpected.append(f"{team}: {exc!r}")
+                continue
+            except openai.APIError as exc:
+                traffic.unexpected.append(f"{team}: {exc!r}")
+                continue
+            assert done.usage is not None
+            traffic.served[team] += done.usage.completion_tokens
+            traffic.answered[team] += 1
+
+    await asyncio.gather(*(worker(team) for team in teams))
+
+
+async def until_answered(traffic: Traffic, teams: list[str], more: int, within: float) -> None:
+    """Wait until each of ``teams`` got ``more`` answers beyond what it had."""
+    start = traffic.snapshot()
+
+    async def enough() -> bool:
+        return all(traffic.answered[t] - start[t] >= more for t in teams)
+
+    await wait_until(enough, within_seconds=within)
+
+
+@pytest.mark.parametrize("on_error", ["closed", "local"])
+async def test_a_node_killed_and_restarted_under_traffic_loses_no_counter(
+    upstream: MockUpstream,
+    cluster: ClusterProcess,
+    cluster_client: RedisCluster,
+    tmp_path: Path,
+    on_error: str,
+) -> None:
+    placement = spread_teams(cluster, 6)
+    teams = list(placement)
+    victim_port = sorted(set(placement.values()))[1]
+    victim = next(n for n in cluster.nodes if n.port == victim_port)
+    on_victim = [t for t, port in placement.items() if port == victim_port]
+    # A reserve that ran on the node just before it died never got its reply back: the
+    # request was refused (or metered locally), and its reservation is held until its hold
+    # (total timeout + grace) ends. Short holds here, so the test sees them end.
+    config = pair_config(upstream, cluster, teams, on_error=on_error, total_timeout_seconds=10)
+    config["store"]["reservation_grace_seconds"] = 0.5
+    prefix = config["store"]["key_prefix"]
+    traffic, stop = Traffic(), asyncio.Event()
+
+    async with two_replicas(config, tmp_path) as replicas, clients_of(replicas) as sdk:
+        running = asyncio.create_task(steady_traffic(sdk, teams, traffic, stop, 120))
+        try:
+            await until_answered(traffic, teams, 3, within=30)
+            before_kill = Counter(traffic.served)
+            victim.kill()  # SIGKILL: nothing flushed on the way out, only what AOF fsynced
+
+            async def outage_seen() -> bool:
+                if on_error == "closed":
+                    return any(traffic.refused[t] for t in on_victim)
+                fallbacks = await metric_sum(
+                    replicas, "gateway_store_fallbacks_total", mode="local"
+                )
+                return fallbacks > 0
+
+            await wait_until(outage_seen, within_seconds=30)
+            victim.start()
+            await asyncio.to_thread(cluster.wait_until_ok)
+            await until_answered(traffic, teams, 3, within=60)
+        finally:
+            stop.set()
+            await running
+
+        assert traffic.unexpected == []
+        if on_error == "local":
+            assert not traffic.refused  # answered throughout, metered by each replica's memory
+        else:  # refused while the node was away, never metered on the side
+            assert any(traffic.refused[t] for t in on_victim)
+            assert await metric_sum(replicas, "gateway_store_fallbacks_total", mode="local") == 0
+
+        # Settlements that failed during the outage are retried in the background and land
+        # once the node is back; then Redis holds what the clients were served.
+        async def settled() -> bool:
+            used = [(await counters(cluster_client, prefix, t))[0] for t in teams]
+            if on_error == "closed":
+                return used == [traffic.served[t] for t in teams]
+            # Local mode meters the outage in memory and does not merge it back: Redis holds
+            # at least everything served before the kill and never more than was served.
+            return all(
+                before_kill[t] <= u <= traffic.served[t] for t, u in zip(teams, used, strict=True)
+            )
+
+        try:
+            await wait_until(settled, within_seconds=60)
+        except AssertionError:
+            found = {t: await counters(cluster_client, prefix, t) for t in teams}
+            raise AssertionError(f"redis {found} served {dict(traffic.served)}") from None
+
+        parsed = parse_config(config, source="<test>", env={})
+
+        async def nothing_held() -> bool:  # peeking purges the reservations whose hold ended
+            rows = await _usage_rows(parsed, teams)
+            return rows is not None and all(row[6] == 0 for row in rows)
+
+        try:
+            await wait_until(nothing_held, within_seconds=40)
+        except AssertionError:
+            raise AssertionError(f"still held: {await _usage_rows(parsed, teams)}") from None
+        # The node came back with its data (and its marker): no state loss was reported.
+        assert await metric_sum(replicas, "gateway_quota_state_resets_total") == 0
+
+
+async def test_a_flushed_primary_that_is_not_the_first_is_noticed(
+    upstream: MockUpstream, cluster: ClusterProcess, tmp_path: Path
+) -> None:
+    placement = spread_teams(cluster, 3)
+    teams = list(placement)
+    config = pair_config(upstream, cluster, teams)
+    prefix = config["store"]["key_prefix"]
+    markers = keys.state_marker(prefix) + "*"
+    primaries = sorted(set(cluster.slot_ranges()))
+    # Neither the first node nor the one that would hold a single untagged marker: a marker in
+    # one slot would not see this node lose its data.
+    single = primary_of(cluster, keys.state_marker(prefix))
+    flushed = next(p for p in primaries if p not in (cluster.nodes[0].port, single))
+    traffic, stop = Traffic(), asyncio.Event()
+
+    async with two_replicas(config, tmp_path) as replicas, clients_of(replicas) as sdk:
+
+        async def one_marker_per_primary() -> bool:
+            return all(len(keys_on_node(port, markers)) == 1 for port in primaries)
+
+        await wait_until(one_marker_per_primary, within_seconds=10)
+        running = asyncio.create_task(steady_traffic(sdk, teams, traffic, stop, 60))
+        try:
+            await until_answered(traffic, teams, 3, within=30)
+            assert await metric_sum(replicas, "gateway_quota_state_resets_total") == 0
+            with redis.Redis(port=flushed) as node:
+                node.flushall()
+
+            async def noticed() -> bool:
+                return await metric_sum(replicas, "gateway_quota_state_resets_total") == 1
+
+            await wait_until(noticed, within_seconds=30)
+            await wait_until(one_marker_per_primary, within_seconds=10)  # written again
+            await until_answered(traffic, teams, 3, within=30)
+        finally:
+            stop.set()
+            await running
+        assert traffic.unexpected == [] and not traffic.refused
+        # One flush is one loss: the other replica found the marker already written again.
+        assert await metric_sum(replicas, "gateway_quota_state_resets_total") == 1

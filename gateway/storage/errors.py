@@ -67,6 +67,36 @@ def translate(exc: BaseException, what: str) -> StoreError:
     return StoreReplyError(text)
 
 
+#: Where a write on a closed connection fails with something other than ``OSError``.
+_WRITE_FRAMES = {
+    ("selector_events.py", "writelines"),  # CPython 3.12/3.13: the transport's own internals
+    ("selector_events.py", "write"),
+    ("connection.py", "_send_packed_command"),  # redis-py: its writer was set to None
+    ("connection.py", "send_packed_command"),
+}
+
+
+def closed_transport(exc: BaseException) -> bool:
+    """A write on a connection that was closed meanwhile (the server went away), raised by the
+    event loop or redis-py as something other than ``ConnectionError``: redis-py 8.1 lets
+    these through (redis-py issues 4287 and 3546). uvloop says ``RuntimeError: ... the
+    handler is closed``; CPython's transports and redis-py's own writer path raise
+    ``TypeError`` or ``AttributeError`` on a ``None``. redis-py has dropped the connection by
+    then (``send_packed_command`` disconnects on any exception), so the next call reconnects.
+    """
+    if isinstance(exc, RuntimeError):
+        return "handler is closed" in str(exc)
+    if not isinstance(exc, (TypeError, AttributeError)) or "NoneType" not in str(exc):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    code = tb.tb_frame.f_code
+    return (code.co_filename.rpartition("/")[2], code.co_name) in _WRITE_FRAMES
+
+
 @asynccontextmanager
 async def guarded(what: str, bound_seconds: float | None = None) -> AsyncIterator[None]:
     """Run Redis calls within ``bound_seconds`` (whatever the client's retry policy does) and
@@ -76,3 +106,7 @@ async def guarded(what: str, bound_seconds: float | None = None) -> AsyncIterato
             yield
     except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise translate(exc, what) from exc
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        if not closed_transport(exc):
+            raise
+        raise StoreConnectionError(f"{what}: connection closed by the server: {exc}") from exc

@@ -13,4 +13,8 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {false, 1}
 end
+-- Our own token: this call was resent after its first run took the lock (its reply was lost).
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return {false, 1}
+end
 return {false, 0}

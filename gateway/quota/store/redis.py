@@ -21,6 +21,11 @@ from gateway.storage.pubsub import listen
 _STATES: dict[int, ReserveState] = {1: "granted", 0: "exhausted", 2: "congested"}
 
 
+#: How long a settled reservation's record stays as a tombstone, so that a settlement retried
+#: after a lost reply is not charged twice (settle_tokens.lua). Longer than the quota service's
+#: whole retry schedule (``SETTLE_RETRY_DELAYS_SECONDS`` plus a store timeout per try).
+SETTLED_TOMBSTONE_SECONDS = 180.0
+
 _PURGE = "purge_expired.lua"
 _REPLACE = "replace_reservation.lua"
 
@@ -106,7 +111,12 @@ class RedisQuotaStore:
         *,
         now: float,
     ) -> None:
-        args: list[Any] = [request_id, keys.freed_channel(self._prefix), team]
+        args: list[Any] = [
+            request_id,
+            keys.freed_channel(self._prefix),
+            team,
+            _ms(SETTLED_TOMBSTONE_SECONDS),
+        ]
         for charge, held, used in zip(charges, reserved, actual, strict=True):
             args += [held, used, _ms(charge.expires_at)]
         await self._call(

@@ -22,10 +22,17 @@
 --
 -- The output is clamped by what settled usage leaves; by what reservations leave only on the
 -- last try. Expired reservations of the team are purged first (purge_expired.lua).
+--
+-- A reserve that runs twice for one request replaces its first run instead of adding to it:
+-- a client library resends a call whose connection dropped before the reply came (redis-py
+-- does, on a cluster node or a server that went away), and the first run may have happened.
 
 local now = tonumber(ARGV[1])
 
 purge_expired(KEYS[1], ARGV[5], now)
+if redis.call('ZSCORE', KEYS[1], ARGV[6]) then
+  release_reservation(KEYS[1], KEYS[2], ARGV[6])
+end
 
 local hold_until = tonumber(ARGV[2])
 local requested = tonumber(ARGV[3])

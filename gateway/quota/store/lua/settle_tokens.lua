@@ -7,15 +7,25 @@
 -- ARGV[1]     request id
 -- ARGV[2]     channel that tells every replica a team's budget was freed
 -- ARGV[3]     team
--- ARGV[4+3i..6+3i] per charge i (0-based): amount reserved, amount to charge, counter
+-- ARGV[4]     how long the record is kept as a "settled" tombstone (ms)
+-- ARGV[5+3i..7+3i] per charge i (0-based): amount reserved, amount to charge, counter
 --             expire-at (ms)
 --
 -- If the reservation already expired (and was purged), its amounts no longer count as
--- reserved; the usage is still charged: settling never under-counts.
+-- reserved; the usage is still charged: settling never under-counts. A settlement that ran
+-- but whose reply was lost (the server died or the call timed out just after) is retried by
+-- the gateway; the tombstone makes that retry charge nothing, so it never over-counts either.
 -- Publishes the team on the channel only while someone waits, so settling costs nothing extra
 -- when nobody does. Returns 1 if the reservation was still open, 0 otherwise.
 
-if replace_reservation(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 4, 4) then
+local settled = '!settled'
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('HEXISTS', KEYS[2], settled) == 1 then
+  return 0
+end
+local open = replace_reservation(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 4, 5)
+redis.call('HSET', KEYS[2], settled, 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if open then
   return 1
 end
 return 0
