@@ -597,6 +597,84 @@ def start_redis(procs: Processes, cores: Cores, name: str = "redis") -> tuple[Ma
     return proc, port
 
 
+CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000 (the cluster bus)
+
+
+def _cluster_port(taken: set[int]) -> int:
+    for _ in range(200):
+        port = free_port()
+        bus = port + CLUSTER_BUS_OFFSET
+        if port in taken or bus in taken or bus >= 65536:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, bus))
+            except OSError:
+                continue
+        return port
+    raise BenchError("no free port pair for a Redis Cluster node")
+
+
+def start_redis_cluster(
+    procs: Processes, cores: Cores, name: str, size: int = 3
+) -> tuple[list[Managed], list[int]]:
+    """``size`` primaries (no replicas) on loopback, joined with ``redis-cli --cluster create``,
+    on the load core like the single Redis; returns once every node says cluster_state:ok."""
+    binary, cli = find_binary("redis-server"), find_binary("redis-cli")
+    if binary is None or cli is None:
+        raise BenchError("redis-server and redis-cli are needed for a Redis Cluster target")
+    nodes: list[Managed] = []
+    ports: list[int] = []
+    for i in range(size):
+        port = _cluster_port(set(ports) | {p + CLUSTER_BUS_OFFSET for p in ports})
+        workdir = procs.workdir / f"{name}{i}"
+        workdir.mkdir(exist_ok=True)
+        proc = procs.start(
+            f"{name}{i}",
+            [
+                *cores.taskset("load"),
+                binary,
+                "--port", str(port),
+                "--bind", HOST,
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(workdir),
+                "--daemonize", "no",
+                "--protected-mode", "yes",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(workdir / "nodes.conf"),
+                "--cluster-node-timeout", "5000",
+            ],
+        )  # fmt: skip
+        wait_for_port(port, proc)
+        nodes.append(proc)
+        ports.append(port)
+    nodes_arg = [f"{HOST}:{p}" for p in ports]
+    subprocess.run(
+        [cli, "--cluster", "create", *nodes_arg, "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    deadline = time.monotonic() + 30
+    for port in ports:
+        while True:
+            info = subprocess.run(
+                [cli, "-h", HOST, "-p", str(port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout
+            if "cluster_state:ok" in info and f"cluster_known_nodes:{size}" in info:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"Redis Cluster node {port} not ok: {info[:300]}")
+            time.sleep(0.05)  # polling the nodes' own state
+    return nodes, ports
+
+
 def redis_commandstats(port: int) -> dict[str, int]:
     """Calls per command from ``INFO commandstats`` (the INFO calls themselves excluded)."""
     cli = find_binary("redis-cli") or "redis-cli"

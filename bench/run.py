@@ -183,6 +183,14 @@ class Point:
         return sum(self.redis_calls.values()) / self.wrk.requests
 
 
+def redis_calls_of(ports: Sequence[int]) -> dict[str, int]:
+    """Calls per command, summed over every server of a target (the primaries of a cluster)."""
+    total: Counter[str] = Counter()
+    for port in ports:
+        total.update(redis_commandstats(port))
+    return dict(total)
+
+
 @dataclass
 class Bench:
     settings: Settings
@@ -211,7 +219,7 @@ class Bench:
         redis_pids = running.redis_pids() if running.redis_pids else []
         load_pids = list(dict.fromkeys([*nginx_pids, *redis_pids]))
         served_before = self.nginx.requests_counter()
-        redis_before = redis_commandstats(running.redis_port) if running.redis_port else None
+        redis_before = redis_calls_of(running.redis_ports) if running.redis_ports else None
         sut_before, load_before = cpu_seconds(sut_pids), cpu_seconds(load_pids)
         busy_before, idle_before = cores_seconds(self.cores.sut)
         started = time.monotonic()
@@ -225,8 +233,8 @@ class Bench:
         core_busy, core_idle = busy_after - busy_before, idle_after - idle_before
         upstream = self.nginx.requests_counter() - served_before - 1  # the 2nd read counts itself
         redis_calls = None
-        if running.redis_port is not None and redis_before is not None:
-            redis_calls = redis_calls_delta(redis_before, redis_commandstats(running.redis_port))
+        if redis_before is not None:
+            redis_calls = redis_calls_delta(redis_before, redis_calls_of(running.redis_ports))
         if running.target.kind == "nginx":  # nginx is on the load core: nothing to compare
             core_busy = sut_cpu
         return Point(
@@ -433,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     cores = Cores.detect()
     started = time.monotonic()
-    ensure_tools(with_redis=any(t.redis for t in selected))
+    ensure_tools(with_redis=any(t.redis or t.redis_cluster for t in selected))
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     procs = Processes(workdir)
     exit_code = 0
@@ -544,7 +552,7 @@ def start_all(bench: Bench, selected: list[Target]) -> list[tuple[str, str]]:
 
 def stop_running(bench: Bench, running: Running) -> None:
     for managed in list(bench.procs.started):
-        if managed.pid == running.main_pid or managed.name == f"{running.name}-redis":
+        if managed.pid == running.main_pid or managed.name.startswith(f"{running.name}-redis"):
             bench.procs.stop(managed)
     bench.running.remove(running)
 

@@ -27,6 +27,7 @@ from harness import (
     free_port,
     http,
     start_redis,
+    start_redis_cluster,
     venv_bin,
     wait_for_http,
     wait_for_port,
@@ -46,6 +47,7 @@ class Target:
     description: str = ""
     default: bool = True
     redis: bool = False
+    redis_cluster: bool = False
     config: dict[str, Any] = field(default_factory=dict)
     request: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
@@ -286,7 +288,8 @@ class Running:
     token: str | None
     pids: Callable[[], list[int]]
     main_pid: int
-    redis_port: int | None = None
+    #: The Redis server(s) of the target: one, or every primary of its cluster.
+    redis_ports: list[int] = field(default_factory=list)
     redis_pids: Callable[[], list[int]] | None = None
 
     @property
@@ -318,11 +321,17 @@ def start_target(
             target, f"http://{HOST}:{port}/v1/chat/completions", None, proc.pids, proc.pid
         )
     overlay = copy.deepcopy(target.config)
-    redis_port: int | None = None
-    redis_proc: Managed | None = None
-    if target.redis:
+    redis_ports: list[int] = []
+    redis_procs: list[Managed] = []
+    if target.redis_cluster:
+        redis_procs, redis_ports = start_redis_cluster(procs, cores, f"{target.name}-redis")
+    elif target.redis:
         redis_proc, redis_port = start_redis(procs, cores, f"{target.name}-redis")
-        overlay = deep_merge(overlay, {"store": {"redis_url": f"redis://{HOST}:{redis_port}/0"}})
+        redis_procs, redis_ports = [redis_proc], [redis_port]
+    if redis_ports:
+        # One node's URL is enough: the gateway finds the rest of a cluster from it.
+        url = f"redis://{HOST}:{redis_ports[0]}/0"
+        overlay = deep_merge(overlay, {"store": {"redis_url": url}})
     gateway = start_gateway(
         procs,
         cores,
@@ -337,8 +346,10 @@ def start_target(
         gateway.token,
         gateway.proc.pids,
         gateway.proc.pid,
-        redis_port=redis_port,
-        redis_pids=redis_proc.pids if redis_proc else None,
+        redis_ports=redis_ports,
+        redis_pids=(lambda: [pid for r in redis_procs for pid in r.pids()])
+        if redis_procs
+        else None,
     )
 
 
