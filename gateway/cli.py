@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__
+from gateway import __version__, usage_restore
 from gateway.auth import mint_configured_token
 from gateway.config import GatewayConfig, config_json_schema
 from gateway.config_loader import ConfigError, UnsetVariable, load_config
@@ -269,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--team")
     usage.add_argument("--config")
     usage.set_defaults(func=cmd_usage)
+    restore = usage.add_subparsers(dest="usage_command").add_parser(
+        "restore", help="after a quota Redis data loss: replay the access log into the windows"
+    )
+    usage_restore.add_arguments(restore)
+    restore.set_defaults(func=lambda a: usage_restore.run(a, _load_or_exit(_config_path(a.config))))
 
     cache = sub.add_parser("cache", help="response cache maintenance")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)

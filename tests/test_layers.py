@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "gateway.cache": 1,
     "gateway.quota": 1,
     "gateway.stores": 1,
+    "gateway.usage_restore": 1,
     "gateway.storage": 1,
     "gateway.upstream": 1,
     "gateway.mock": 1,

@@ -60,3 +60,10 @@ def waiting_flag(prefix: str, team: str) -> str:
 def freed_channel(prefix: str) -> str:
     """Settlements publish a team's name here while it has waiters (one channel for all)."""
     return f"{prefix}:quota-freed"
+
+
+def restore_marks(prefix: str, team: str, key: str) -> str:
+    """Hash: gateway process (request id prefix) -> the highest sequence number whose usage
+    ``gateway usage restore`` put back into window ``key``; expires with the window's counter.
+    Not under ``:q:``, which holds only counters."""
+    return f"{team_prefix(prefix, team)}:restored:{key}"
