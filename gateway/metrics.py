@@ -64,9 +64,10 @@ class QuotaSample:
     metric: str
     window: str
     scope: str
-    limit: int
-    used: int
-    reserved: int
+    # In the rule's own unit: tokens, requests, or USD for cost rules.
+    limit: float
+    used: float
+    reserved: float
 
 
 class ModelLabels:
