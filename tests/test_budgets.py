@@ -5,6 +5,8 @@ the usage the clients received and the list prices, independently of the gateway
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import subprocess
 import sys
@@ -20,10 +22,13 @@ from openai.types import CompletionUsage
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mock import MockUpstream
-from tests.support.gateway_proc import RunningGateway, base_config, token
+from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
+from tests.support.jobs import reconcile_until_settled, usage
 from tests.support.redis_proc import RedisProcess
-from tests.test_quota_gateway import MESSAGES, store_section
+from tests.test_batches_gateway import chat_lines, submit
+from tests.test_faults import access_records
+from tests.test_quota_gateway import MESSAGES, store_section, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -471,3 +476,97 @@ def test_gateway_usage_cli_shows_a_users_rules(redis_server: RedisProcess, tmp_p
         ("ml", "-", "cost_usd", "250"),
         ("ml", "erin", "cost_usd", "20"),
     ]
+
+
+# --- early stops and batches -----------------------------------------------------------------
+
+
+async def test_a_stopped_stream_costs_its_early_stop_charge_in_dollars_too(
+    make_gateway: Any,
+    upstream: MockUpstream,
+    redis_server: RedisProcess,
+    redis_client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw: RunningGateway = await make_gateway(
+        store=store_section(redis_server),
+        pricing={"models": PRICES},
+        teams=priced_teams(
+            [
+                {"metric": "cost_usd", "limit": 5, "window": "day"},
+                {"metric": "completion_tokens", "limit": 1_000_000, "window": "day"},
+            ]
+        ),
+    )
+    prefix = gw.config.store.key_prefix
+    stream = await sdk(gw.url).chat.completions.create(
+        model="o3-mini",
+        messages=MESSAGES,
+        stream=True,
+        extra_headers={"x-mock-chunk-delay-ms": "100"},
+    )
+    async for _ in stream:
+        break
+    reserved = (await stored(redis_client, prefix, "cost_usd:day:*"))[1]
+    assert reserved >= 25_000 * 4400  # the whole default output budget at the output price
+    await stream.close()
+    await asyncio.wait_for(upstream.requests[-1].disconnected.wait(), timeout=5)
+
+    async def settled() -> bool:
+        return (await stored(redis_client, prefix, "cost_usd:day:*"))[1] == 0
+
+    await wait_until(settled)
+    used, held = await stored(redis_client, prefix, "cost_usd:day:*")
+    tokens, _ = await stored(redis_client, prefix, "completion_tokens:day:*")
+    assert held == 0
+    assert 0 < tokens < 500  # charged what it could have produced, not 25,000
+    assert used <= reserved // 50
+    (record,) = [r for r in access_records(caplog) if r["model"] == "o3-mini"]
+    assert record["early_stop_output"] == tokens
+    assert record["cost_usd"] == pytest.approx(used / 1e9, abs=1e-9)
+    assert used >= tokens * 4400  # the output part at the output price
+
+
+async def test_a_batch_is_charged_at_the_batch_price(
+    make_gateway: Any, upstream: MockUpstream, redis_server: RedisProcess
+) -> None:
+    gw: RunningGateway = await make_gateway(
+        store=store_section(redis_server),
+        pricing={"models": PRICES},
+        admission={"reconcile_interval_seconds": 3600},
+        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "day"}]),
+    )
+    batch = await submit(gw, chat_lines(10, max_tokens=100))
+    held = await usage(gw)
+    assert held["cost_usd"]["reserved"] > 0
+    await reconcile_until_settled(gw)
+    async with openai.AsyncOpenAI(base_url=upstream.url, api_key=UPSTREAM_KEY) as direct:
+        done = await direct.batches.retrieve(batch.id)
+        assert done.output_file_id is not None
+        raw = (await direct.files.content(done.output_file_id)).read()
+    lines = [json.loads(line)["response"]["body"]["usage"] for line in raw.splitlines()]
+    summed = CompletionUsage(
+        prompt_tokens=sum(u["prompt_tokens"] for u in lines),
+        completion_tokens=sum(u["completion_tokens"] for u in lines),
+        total_tokens=sum(u["total_tokens"] for u in lines),
+    )
+    after = await usage(gw)
+    expected = expected_nano("gpt-4o-mini", summed, Fraction(1, 2))
+    assert after["cost_usd"]["used"] == pytest.approx(expected / 1e9, abs=1e-9)
+    assert after["cost_usd"]["reserved"] == 0
+    assert await cost_metric(gw.root) == pytest.approx(expected / 1e9, abs=1e-9)
+
+
+async def test_a_batch_mixing_models_is_refused_when_a_cost_rule_prices_it(
+    make_gateway: Any, redis_server: RedisProcess
+) -> None:
+    gw: RunningGateway = await make_gateway(
+        store=store_section(redis_server),
+        pricing={"models": PRICES},
+        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "day"}]),
+    )
+    lines = chat_lines(2) + chat_lines(1, model="o3-mini")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await submit(gw, lines)
+    assert "a batch runs one model" in refused.value.message
