@@ -139,7 +139,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 async def _usage_rows(
-    config: GatewayConfig, teams: list[str], user: str | None
+    config: GatewayConfig, teams: list[str], user: str | None = None
 ) -> list[tuple[object, ...]] | None:
     """Rows of (team, user or "-", metric, window, models, limit, used, reserved, remaining,
     resets); ``user``'s per-user rules follow the team's."""
