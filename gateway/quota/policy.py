@@ -53,10 +53,6 @@ class PlannedWindow:
     charge: WindowCharge
     user: str | None = None  # a rule of ``user_quotas``, for this user
 
-    @property
-    def owner(self) -> str:
-        return "team" if self.user is None else f"user '{self.user}' of team"
-
 
 #: The ``metric`` label of refusals and clamps by the concurrency cap.
 CONCURRENCY = "concurrent_requests"
