@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig
-from gateway.config_loader import parse_config
+from gateway.config_loader import load_config, parse_config
 from gateway.stores import cache_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,6 +253,20 @@ def test_configmap_gateway_yaml_validates_with_the_gateway_loader(chart: Any) ->
     assert config.cache.redis_url is None  # CACHE_REDIS_URL unset: the cache goes with the store
     assert config.server.port == 8080
     assert config.teams, "the default values should ship a sample team"
+
+
+def test_configmap_ships_the_price_list_the_config_includes(chart: Any, tmp_path: Path) -> None:
+    configmap = only(render(chart), "ConfigMap")["data"]
+    shipped = (ROOT / "config" / "pricing.yaml").read_text()
+    assert (CHART / "files" / "pricing.yaml").read_text() == shipped, (
+        "helm/gateway/files/pricing.yaml must be a copy of config/pricing.yaml"
+    )
+    assert configmap["pricing.yaml"].rstrip("\n") == shipped.rstrip("\n")
+    # Loaded as the pod does: both keys as files in one directory.
+    for name, text in configmap.items():
+        (tmp_path / name).write_text(text)
+    config = load_config(tmp_path / "gateway.yaml", env=CONFIG_ENV)
+    assert config.pricing.price_of("gpt-4o-mini") is not None
 
 
 def test_configmap_with_redis_validates_with_the_gateway_loader(chart: Any) -> None:

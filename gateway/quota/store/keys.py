@@ -22,6 +22,18 @@ def window_key(metric: str, window: str, models: list[str] | None, window_label:
     return f"{metric}:{window}:{scope_id(models)}:{window_label}"
 
 
+#: Longest user id kept readable in a key; longer ones are hashed (a ``sub`` can be any string).
+MAX_USER_IN_KEY = 64
+
+
+def user_window_key(user: str, key: str) -> str:
+    """A user's window within the team (under the team's hash tag: one slot with the team's
+    windows, so one script checks both)."""
+    if len(user) > MAX_USER_IN_KEY:
+        user = "h-" + hashlib.sha256(user.encode()).hexdigest()[:32]
+    return f"u:{user}:{key}"
+
+
 def team_prefix(prefix: str, team: str) -> str:
     return f"{prefix}:{{{team}}}"
 
