@@ -116,6 +116,17 @@ def access_line(
     return json.dumps({k: v for k, v in fields.items() if v is not ...})
 
 
+# USD per 1M tokens; the cost rule counts the chat models (embeddings stay unpriced).
+PRICES = {
+    "gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.60},
+    "o3-mini": {"input": 1.10, "cached_input": 0.55, "output": 4.40},
+}
+COST_RULE = {"metric": "cost_usd", "limit": 50, "window": "month", "models": ["gpt-4o-mini", "o3*"]}
+USER_RULES = [
+    {"metric": "requests", "limit": 500, "window": "day"},
+    {"metric": "completion_tokens", "limit": 90_000, "window": "month"},
+]
+
 RULES = [
     {"metric": "completion_tokens", "limit": 100_000, "window": "hour"},
     {"metric": "completion_tokens", "limit": 500_000, "window": "day"},
@@ -197,6 +208,11 @@ def test_charged_amounts_follow_the_settlement() -> None:
     assert charged_amount("prompt_tokens", stopped, plain) == 0
     assert charged_amount("reasoning_tokens", stopped, plain) == 0
     assert charged_amount("reasoning_tokens", stopped, reasoning) == 44
+    # Cost rules get the cost the gateway logged (nano-dollars), usage or early stop alike.
+    priced = parse_line(access_line(3, "ml", NOW, cost_usd=0.000123456, user="alice"))
+    assert isinstance(priced, LoggedRequest) and priced.user == "alice"
+    assert charged_amount("cost_usd", priced, plain) == 123_456
+    assert charged_amount("cost_usd", settled, plain) == 0  # an unpriced model cost nothing
 
 
 # --- windows, cutoff, dry run and idempotency on a real Redis ----------------------------------
@@ -272,6 +288,47 @@ async def test_only_current_windows_before_the_cutoff_get_usage_and_only_once(
 
 def _by_rule(report: Any) -> dict[str, Any]:
     return {f"{t.owner.name}:{_name(t.rule)}": t for t in report.windows.values()}
+
+
+async def test_cost_rules_and_each_users_rules_get_their_share(own_redis: RedisProcess) -> None:
+    data = base_config(
+        "http://127.0.0.1:9",
+        store={"redis_url": own_redis.url, "key_prefix": "r" + uuid.uuid4().hex[:8]},
+        teams={
+            "ml": {
+                "models": ["*"],
+                "quotas": [{"metric": "cost_usd", "limit": 5, "window": "day"}],
+                "user_quotas": [
+                    {"metric": "requests", "limit": 100, "window": "day"},
+                    {"metric": "completion_tokens", "limit": 9000, "window": "hour"},
+                ],
+            }
+        },
+    )
+    config = parse_config(data, source="<test>", env={})
+    hour = window_at("hour", NOW)
+    lines = [
+        access_line(1, "ml", hour.start + 10, completion=20, cost_usd=0.25, user="alice"),
+        access_line(2, "ml", hour.start + 20, completion=30, cost_usd=0.5, user="alice"),
+        access_line(3, "ml", hour.start + 30, completion=40, cost_usd=1.0, user="bob"),
+        access_line(4, "ml", hour.start - 60, completion=50, cost_usd=2.0, user="bob"),
+    ]
+    await restore(config, lines, now=NOW, until=NOW)
+    await restore(config, lines, now=NOW, until=NOW)
+    store = await build_quota_store(config)
+    service = QuotaService(store, on_error="closed", hold_seconds=0, clock=lambda: NOW)
+    try:
+        (team,) = await service.usage("ml", config.quota_rules("ml"))
+        per_user = {
+            user: [
+                u.used for u in await service.usage("ml", config.user_quota_rules("ml"), user=user)
+            ]
+            for user in ("alice", "bob")
+        }
+    finally:
+        await store.close()
+    assert team.used == 3_750_000_000  # $3.75 in nano-dollars
+    assert per_user == {"alice": [2, 50], "bob": [2, 40]}
 
 
 async def test_the_default_cutoff_is_the_quota_state_marker(
@@ -368,11 +425,16 @@ async def test_flushall_then_restore_from_the_gateways_own_log_brings_usage_back
         upstream.url,
         store={"redis_url": own_redis.url, "state_check_seconds": 0.2},
         teams={
-            "ml": {"models": ["*"], "quotas": [*RULES[1:], *month_rules]},
+            "ml": {
+                "models": ["*"],
+                "quotas": [*RULES[1:], *month_rules, COST_RULE],
+                "user_quotas": USER_RULES,
+            },
             "web": {"models": ["gpt-4o-mini"], "quotas": month_rules},
             "free": {"models": ["*"]},  # no rules: nothing reserved, nothing to restore
         },
         models=[{"match": ["o3*"], "reasoning": True}],
+        pricing={"models": PRICES},
     )
     gw = GatewayProcess(config, tmp_path)
     await gw.start()
@@ -383,36 +445,56 @@ async def test_flushall_then_restore_from_the_gateways_own_log_brings_usage_back
             return len(access_lines(gw.log_path)) == sent
 
         await wait_until(all_logged, within_seconds=20)
-        code, before = await cli("usage", "--config", str(gw.config_path))
-        assert code == 0, before
-        assert "ml" in before and "web" in before
+        views = [
+            ["usage", "--config", str(gw.config_path)],
+            *(
+                ["usage", "--config", str(gw.config_path), "--team", "ml", "--user", user]
+                for user in ("alice", "bob")
+            ),
+        ]
+
+        async def usage_tables() -> list[str]:
+            tables = []
+            for view in views:
+                code, table = await cli(*view)
+                assert code == 0, table
+                tables.append(table)
+            return tables
+
+        before = await usage_tables()
+        assert "ml" in before[0] and "web" in before[0] and "cost_usd" in before[0]
+        assert "alice" in before[1] and "bob" in before[2]
+        (cost_row,) = [line.split() for line in before[0].splitlines() if "cost_usd" in line]
+        assert float(cost_row[5]) > 0  # USED: the chats had a price
 
         await redis_client.flushall()
 
-        async def marker_rewritten() -> bool:
-            return bool(await redis_client.exists(marker_key("gw")))
+        async def loss_noticed() -> bool:
+            # The gateway writes the marker again, then logs the loss.
+            logged = "quota state lost" in gw.log_path.read_text()
+            return logged and bool(await redis_client.exists(marker_key("gw")))
 
-        await wait_until(marker_rewritten, within_seconds=20)
-        assert "quota state lost" in gw.log_path.read_text()
-        _, emptied = await cli("usage", "--config", str(gw.config_path))
-        assert emptied != before
+        await wait_until(loss_noticed, within_seconds=20)
+        emptied = await usage_tables()
+        assert all(e != b for e, b in zip(emptied, before, strict=True))
 
         restore_args = ["usage", "restore", "--config", str(gw.config_path)]
         code, dry = await cli(*restore_args, "--from", str(gw.log_path), "--dry-run")
         assert code == 0, dry
         assert "WOULD ADD" in dry and "dry run: nothing written" in dry
         assert await redis_client.dbsize() == 1  # the marker, nothing else
-        assert (await cli("usage", "--config", str(gw.config_path)))[1] == emptied
+        assert await usage_tables() == emptied
 
         code, report = await cli(*restore_args, "--from", str(gw.log_path))
         assert code == 0, report
         # The cache hit and the uncapped team's request.
         assert "skipped 2: requests that reserved nothing" in report
-        assert (await cli("usage", "--config", str(gw.config_path)))[1] == before
+        assert "ml user alice" in report and "ml user bob" in report
+        assert await usage_tables() == before
 
         code, again = await cli(*restore_args, "--from", str(gw.log_path))
         assert code == 0, again
-        assert (await cli("usage", "--config", str(gw.config_path)))[1] == before
+        assert await usage_tables() == before
     finally:
         gw.stop()
     now = dt.datetime.now(dt.UTC).timestamp()
@@ -423,23 +505,28 @@ async def test_flushall_then_restore_from_the_gateways_own_log_brings_usage_back
 async def _mixed_traffic(gw: GatewayProcess) -> int:
     """Chat (JSON and streamed), a reasoning model, embeddings, a cache hit, two more teams;
     returns how many requests were sent."""
-    ml, web, free = (
-        openai.AsyncOpenAI(base_url=gw.url, api_key=token(team), max_retries=0)
-        for team in ("ml", "web", "free")
+    ml, bob, web, free = (
+        openai.AsyncOpenAI(base_url=gw.url, api_key=token(team, user=user), max_retries=0)
+        for team, user in (("ml", "alice"), ("ml", "bob"), ("web", None), ("free", None))
     )
     try:
-        return await _send(ml, web, free)
+        return await _send(ml, bob, web, free)
     finally:
-        for client in (ml, web, free):
+        for client in (ml, bob, web, free):
             await client.close()
 
 
-async def _send(ml: openai.AsyncOpenAI, web: openai.AsyncOpenAI, free: openai.AsyncOpenAI) -> int:
+async def _send(
+    ml: openai.AsyncOpenAI,
+    bob: openai.AsyncOpenAI,
+    web: openai.AsyncOpenAI,
+    free: openai.AsyncOpenAI,
+) -> int:
     messages = [{"role": "user", "content": "Colour of the sky?"}]
     burn = {"x-mock-completion-tokens": "7"}
     chats = [
-        ml.chat.completions.create(model="gpt-4o-mini", messages=messages, extra_headers=burn)
-        for _ in range(3)
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, extra_headers=burn)
+        for client in (ml, bob, bob)
     ]
     chats += [web.chat.completions.create(model="gpt-4o-mini", messages=messages) for _ in range(2)]
     chats.append(free.chat.completions.create(model="gpt-4o-mini", messages=messages))

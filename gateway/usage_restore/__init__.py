@@ -19,10 +19,12 @@ every log file (and the final cutoff) in the first run.
 What cannot be restored is said in the report: lines without usage (upstream errors charge
 nothing; a stream the upstream cut keeps its whole reservation, which the log does not give),
 background responses and batches (settled later by the reconciler, not in the access log), the
-prompt estimate of an early-stopped request, and reservations that were in flight.
+prompt estimate of an early-stopped request in token windows, and reservations that were in
+flight.
 
-Extension points, one function each: ``charged_amount`` (a new metric, e.g. a cost) and
-``owners`` (a new kind of rule, e.g. per-user quotas with their own keys).
+Cost rules (``cost_usd``) get the line's ``cost_usd``, what the gateway computed at the prices
+then in force; per-user rules (``user_quotas``) the counters of the line's ``user``. A new
+metric is one branch of ``charged_amount``, a new kind of rule set one owner in ``owners``.
 """
 
 from __future__ import annotations

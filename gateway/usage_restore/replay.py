@@ -15,6 +15,8 @@ from typing import Any
 from gateway import json_codec
 from gateway.apis import Usage
 from gateway.config import GatewayConfig, ModelProfile, QuotaRule
+from gateway.config_pricing import NANO_PER_USD
+from gateway.config_quota import COST_METRIC
 from gateway.log import ACCESS_LOGGER
 from gateway.quota.policy import COUNTER_RETENTION_SECONDS, rule_applies, used_amount
 from gateway.quota.store import keys
@@ -44,11 +46,13 @@ class LoggedRequest:
 
     request_id: str
     team: str
+    user: str | None  # auth.user_claim, for user_quotas
     model: str | None
     started: float  # about when it was admitted: its reservation's window is this one's
     ended: float
     usage: Usage | None
     early_stop_output: int | None
+    cost: int | None  # nano-dollars: what its prices made of its usage or early-stop charge
 
 
 def parse_line(text: str) -> LoggedRequest | str:
@@ -75,15 +79,18 @@ def parse_line(text: str) -> LoggedRequest | str:
     early_stop_output = stop if isinstance(stop, int) else None
     if usage is None and early_stop_output is None:
         return "no_usage"
-    model = entry.get("model")
+    model, user, cost = entry.get("model"), entry.get("user"), entry.get("cost_usd")
     return LoggedRequest(
         request_id=request_id,
         team=team,
+        user=user if isinstance(user, str) else None,
         model=model if isinstance(model, str) else None,
         started=started,
         ended=ended,
         usage=usage,
         early_stop_output=early_stop_output,
+        # Logged in dollars: nano-dollars below 2**53 survive the float exactly.
+        cost=round(cost * NANO_PER_USD) if isinstance(cost, int | float) else None,
     )
 
 
@@ -101,7 +108,9 @@ def _usage(entry: dict[str, Any]) -> Usage | None:
 def charged_amount(metric: str, request: LoggedRequest, profile: ModelProfile) -> int:
     """What the settlement of ``request`` charged a window of ``metric``: its usage, or for a
     client that left early the same bound ``quota.early_stop`` charged, less the prompt
-    estimate (not in the log). A new metric is one more branch here."""
+    estimate (not in the log; a cost includes it). A new metric is one more branch here."""
+    if metric == COST_METRIC:
+        return request.cost or 0  # what the gateway computed then, at the prices of then
     if request.usage is not None:
         return used_amount(metric, request.usage)
     output = request.early_stop_output or 0
@@ -127,10 +136,10 @@ class Owner:
 
 
 def owners(config: GatewayConfig, request: LoggedRequest) -> list[Owner]:
-    """The owners whose counters ``request`` was charged to: its team's rules. Per-user rules
-    (``user_quotas``) add the user's owner here, with the user's key builders."""
-    prefix, team = config.store.key_prefix, request.team
-    return [
+    """The owners whose counters ``request`` was charged to: its team's rules, and its user's
+    (``user_quotas``, keyed inside the team's hash tag as ``quota.policy`` keys them)."""
+    prefix, team, user = config.store.key_prefix, request.team, request.user
+    found = [
         Owner(
             name=team,
             team=team,
@@ -139,6 +148,22 @@ def owners(config: GatewayConfig, request: LoggedRequest) -> list[Owner]:
             marks=functools.partial(keys.restore_marks, prefix, team),
         )
     ]
+    user_rules = config.user_quota_rules(team)
+    if user is not None and user_rules:
+
+        def in_user(build: Callable[[str, str, str], str]) -> Callable[[str], str]:
+            return lambda key: build(prefix, team, keys.user_window_key(user, key))
+
+        found.append(
+            Owner(
+                name=f"{team} user {user}",
+                team=team,
+                rules=tuple(user_rules),
+                counter=in_user(keys.quota_counter),
+                marks=in_user(keys.restore_marks),
+            )
+        )
+    return found
 
 
 @dataclass(slots=True)
@@ -357,7 +382,7 @@ def format_report(report: RestoreReport, *, dry_run: bool, until_from: str) -> s
                 ",".join(target.rule.models or ["*"]),
                 _iso(target.window.start),
                 str(target.lines),
-                str(target.amount),
+                str(target.rule.readable(target.amount)),  # USD for cost rules
                 str(target.already),
             )
         )
