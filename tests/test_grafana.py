@@ -4,7 +4,7 @@
    byte-identical copies, and the JSON follows the conventions an importable dashboard needs
    (datasource variable first, ``${datasource}`` everywhere, unique ids, a grid that fits,
    units and thresholds). Every ``gateway_*`` name in an expression is one the gateway exposes.
-2. With promtool: ``check rules`` and the rule unit tests in grafana/alerts.test.yaml, which
+2. With promtool: ``check rules`` and the rule unit tests in grafana/alerts*.test.yaml, which
    must show every alert both firing and not firing.
 3. Live: a real Prometheus scrapes two in-process gateways (one healthy, one whose Redis is
    unreachable) while the official openai SDK drives mixed traffic through them; then every
@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "gateway.json"
 ALERTS = GRAFANA / "alerts.yaml"
-ALERT_TESTS = GRAFANA / "alerts.test.yaml"
+# alerts.month-end.test.yaml evaluates hourly (a month's end is 43,000 minutes from time 0).
+ALERT_TESTS = [GRAFANA / "alerts.test.yaml", GRAFANA / "alerts.month-end.test.yaml"]
 HELM_FILES = ROOT / "helm" / "gateway" / "files"
 
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "gauge", "table", "row"}
@@ -160,6 +161,7 @@ def test_dashboard_follows_the_import_conventions() -> None:
     assert rows == [
         "Traffic",
         "Tokens and reasoning",
+        "Spend",
         "Quota use per team",
         "Cache",
         "Latency",
@@ -229,7 +231,11 @@ def test_expressions_use_only_exposed_metrics_labels_and_counters() -> None:
             assert name.endswith(("_total", "_bucket", "_sum", "_count")), f"{where}: {name}"
     for where, expr in dashboard_exprs():
         windows = set(re.findall(r"\[([^\]]+)\]", expr))
-        assert windows <= {"$__rate_interval", "$__range", "$__interval"}, (where, windows)
+        assert windows <= {"$__rate_interval", "$__range", "$__interval", "1d"}, (where, windows)
+        # The one fixed window: the spend forecasts fit the last day, as the budget alert.
+        fits = re.findall(r"\b(predict_linear|deriv)\((\w+)\{[^}]*\}\[1d\]", expr)
+        assert expr.count("[1d]") == len(fits), where
+        assert all(name == "gateway_quota_used" for _, name in fits), where
 
 
 def test_alert_rules_are_complete_and_each_is_unit_tested_both_ways() -> None:
@@ -241,7 +247,8 @@ def test_alert_rules_are_complete_and_each_is_unit_tested_both_ways() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     firing: set[str] = set()
     silent: set[str] = set()
-    for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]:
+    cases = [case for f in ALERT_TESTS for case in yaml.safe_load(f.read_text())["tests"]]
+    for case in cases:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else silent).add(check["alertname"])
     assert firing == set(names), set(names) ^ firing
@@ -272,8 +279,8 @@ async def test_promtool_check_rules() -> None:
 
 async def test_promtool_rule_unit_tests_pass() -> None:
     require_prometheus()
-    code, out = await run_promtool("test", "rules", ALERT_TESTS.name, cwd=GRAFANA)
-    assert code == 0 and "SUCCESS" in out, out
+    code, out = await run_promtool("test", "rules", *(f.name for f in ALERT_TESTS), cwd=GRAFANA)
+    assert code == 0 and out.count("SUCCESS") == len(ALERT_TESTS), out
 
 
 # --- 3. live: real Prometheus, real gateways, real traffic ----------------------------------------
