@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config_loader import ConfigError
 from gateway.mock import MockUpstream
-from gateway.quota.store.guards import marker_key
+from gateway.quota.store import keys
 from gateway.state import STATE
 from tests.support.gateway_proc import RunningGateway, base_config, start_gateway, token
 from tests.support.redis_proc import RedisProcess, free_port
@@ -80,7 +80,7 @@ async def test_flushed_quota_state_is_noticed_counted_and_marked_again(
         registry = gw.runner.app[STATE].metrics.registry
         check = aioredis.Redis.from_url(proc.url)
         try:
-            key = marker_key(gw.config.store.key_prefix)
+            key = keys.state_marker(gw.config.store.key_prefix)
             assert await check.exists(key) and await check.ttl(key) == -1  # no TTL
             assert registry.get_sample_value("gateway_quota_state_resets_total") == 0
             await check.flushall()

@@ -16,7 +16,7 @@ cluster. What does not route by key (SCAN, CONFIG GET) is sent to every primary
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -148,6 +148,26 @@ async def per_primary(client: RedisClient, *command: Any) -> list[Any]:
             for node in await _primaries(client)
         ]
     return [await client.execute_command(*command)]  # type: ignore[no-untyped-call]
+
+
+async def one_key_per_primary(
+    client: RedisCluster, key_for: Callable[[int], str], *, bound: int = 1 << 18
+) -> list[str]:
+    """For each primary that serves slots, the first of ``key_for(0)``, ``key_for(1)``, ...
+    whose slot it serves: every replica of the gateway picks the same keys for the same slot
+    layout. A primary that ``bound`` tries do not reach (it serves a handful of slots) gets
+    none; a uniform layout needs a few tries per primary."""
+    await client.initialize()  # a no-op once the cluster is mapped
+    owners = {nodes[0].name for nodes in client.nodes_manager.slots_cache.values() if nodes}
+    found: dict[str, str] = {}
+    for n in range(bound):
+        if len(found) == len(owners):
+            break
+        key = key_for(n)
+        nodes = client.nodes_manager.slots_cache.get(client.keyslot(key))
+        if nodes and nodes[0].name not in found:
+            found[nodes[0].name] = key
+    return [found[name] for name in sorted(found)]
 
 
 async def scan_keys(

@@ -86,6 +86,14 @@ class RedisProcess:
             self.process.wait(timeout=5)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, no shutdown work (what persistence must survive)."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=5)
+        self.process = None
+
     def log_tail(self) -> str:
         log = self.workdir / "redis.log"
         return log.read_text()[-2000:] if log.exists() else "(no log)"

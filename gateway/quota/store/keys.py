@@ -79,3 +79,14 @@ def restore_marks(prefix: str, team: str, key: str) -> str:
     ``gateway usage restore`` put back into window ``key``; expires with the window's counter.
     Not under ``:q:``, which holds only counters."""
     return f"{team_prefix(prefix, team)}:restored:{key}"
+
+
+def state_marker(prefix: str, shard: int | None = None) -> str:
+    """The key without TTL whose absence means the quota Redis lost its state.
+
+    One server: ``shard`` is None and there is one marker. A cluster has one marker per primary:
+    shard ``n`` carries the hash tag ``{mN}``, and the marker of a primary is the first shard
+    whose slot it serves (``gateway.quota.store.guards``).
+    """
+    base = f"{prefix}:quota-state-marker"
+    return base if shard is None else f"{base}:{{m{shard}}}"
