@@ -8,12 +8,18 @@ reloading) never resets what was used.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 
 def scope_id(models: list[str] | None) -> str:
     """A short, stable name for a rule's model scope."""
     if not models:
         return "all"
+    return _scope_id(tuple(models))
+
+
+@lru_cache(maxsize=1024)  # asked for every rule of every request; rules change rarely
+def _scope_id(models: tuple[str, ...]) -> str:
     return hashlib.sha256("\n".join(sorted(models)).encode()).hexdigest()[:12]
 
 

@@ -1,4 +1,5 @@
--- Shared prelude, prepended to settle_tokens.lua and settle_job.lua (loaded by RedisQuotaStore).
+-- Shared prelude, prepended to settle_tokens.lua and settle_job.lua after counters.lua (loaded
+-- by RedisQuotaStore).
 --
 -- replace_reservation(index, record, waiting_flag, request_id, channel, team, first_counter,
 -- first_arg): replace one reservation by what it used, in every window counter KEYS[first_counter..]
@@ -9,22 +10,26 @@
 -- Returns whether the reservation was still open.
 
 local function replace_reservation(index, record, flag, request_id, channel, team, first_counter, first_arg)
-  local open = redis.call('ZSCORE', index, request_id)
+  local open = redis.call('ZREM', index, request_id) == 1
   for i = first_counter, #KEYS do
     local base = first_arg + 3 * (i - first_counter)
     local reserved = tonumber(ARGV[base])
     local charge = tonumber(ARGV[base + 1])
     local counter = KEYS[i]
-    if open and reserved > 0 and redis.call('EXISTS', counter) == 1 then
-      redis.call('HINCRBY', counter, 'reserved', -reserved)
-    end
-    if charge > 0 then
-      redis.call('HINCRBY', counter, 'used', charge)
-      redis.call('PEXPIREAT', counter, ARGV[base + 2])
+    local release = open and reserved > 0
+    if release or charge > 0 then
+      local exp = redis.call('HGET', counter, 'exp')
+      -- A counter written before expiries were recorded has no exp: ask whether it exists.
+      local found = exp or redis.call('EXISTS', counter) == 1
+      if release and found then
+        redis.call('HINCRBY', counter, 'reserved', -reserved)
+      end
+      if charge > 0 then
+        counter_add(counter, 'used', charge, ARGV[base + 2], found, exp)
+      end
     end
   end
   redis.call('DEL', record)
-  redis.call('ZREM', index, request_id)
   if open and redis.call('EXISTS', flag) == 1 then
     redis.call('PUBLISH', channel, team)
   end

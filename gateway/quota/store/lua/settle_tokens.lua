@@ -3,7 +3,7 @@
 -- KEYS[1]     reservation index of the team (zset: request id -> hold-until, ms)
 -- KEYS[2]     this request's reservation record
 -- KEYS[3]     the team's "someone waits" flag (set by a congested reserve)
--- KEYS[4..]   window counters (hash: used, reserved), one per charge
+-- KEYS[4..]   window counters (hash: used, reserved, exp), one per charge
 -- ARGV[1]     request id
 -- ARGV[2]     channel that tells every replica a team's budget was freed
 -- ARGV[3]     team
