@@ -20,7 +20,7 @@ from gateway.config_quota import COST_METRIC
 from gateway.log import ACCESS_LOGGER
 from gateway.quota.policy import COUNTER_RETENTION_SECONDS, rule_applies, used_amount
 from gateway.quota.store import keys
-from gateway.quota.store.guards import marker_key
+from gateway.quota.store.guards import marker_keys
 from gateway.quota.windows import Window, window_at
 from gateway.storage.client import RedisClient, connect
 from gateway.storage.errors import guarded
@@ -230,11 +230,13 @@ class UsageRestorer:
         """When the current quota state began: the marker's time (whole seconds, so the next
         second, erring towards counting twice rather than not at all), or now without one."""
         async with guarded("usage restore", self._timeout):
-            written = await self._client.get(marker_key(self._config.store.key_prefix))
-        try:
-            return float(int(written)) + 1.0 if written is not None else self._now
-        except ValueError:
-            return self._now
+            found = [
+                await self._client.get(key)
+                for key in await marker_keys(self._client, self._config.store.key_prefix)
+            ]
+        # On a cluster, the latest marker: the most recent loss of any primary.
+        times = [int(value) for value in found if value is not None and value.isdigit()]
+        return float(max(times)) + 1.0 if times else self._now
 
     async def plan(
         self, lines: Iterable[str], *, until: float, team: str | None = None
