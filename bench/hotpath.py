@@ -106,7 +106,8 @@ def summarize(collapsed: str) -> Summary:
 def profile_gateway(bench: Bench, report: Report, seconds: float = 10.0, top: int = 20) -> None:
     mode = os.environ.get("BENCH_PROFILE_MODE", "json")
     report.heading(f"Profile: gateway, {mode.upper()}, c=16 (py-spy)")
-    py_spy = VENV_BIN / "py-spy"
+    # BENCH_PY_SPY: a py-spy installed elsewhere (the venv may be shared and not ours to change).
+    py_spy = Path(os.environ.get("BENCH_PY_SPY") or VENV_BIN / "py-spy")
     target = os.environ.get("BENCH_PROFILE_TARGET", "gateway")
     gateway = next((r for r in bench.running if r.name == target), None)
     if gateway is None:

@@ -166,11 +166,11 @@ def use_gateway_ref(ref: str, workdir: Path) -> str:
 
 
 def gateway_env() -> dict[str, str]:
+    # The work tree's code is put first too: the shared venv's editable install may point at
+    # another checkout (a git worktree's bench would otherwise measure that one's code).
+    source = _gateway_source if _gateway_source is not None else REPO
     env = dict(os.environ)
-    if _gateway_source is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_gateway_source), env.get("PYTHONPATH", "")) if p
-        )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), env.get("PYTHONPATH", "")) if p)
     return env
 
 

@@ -151,9 +151,9 @@ async def refresh_quota_gauges(state: GatewayState) -> None:
                             metric=rule.metric,
                             window=rule.window,
                             scope=",".join(rule.models) if rule.models else "*",
-                            limit=rule.limit,
-                            used=usage.used,
-                            reserved=usage.reserved,
+                            limit=rule.readable(rule.counter_limit),
+                            used=rule.readable(usage.used),
+                            reserved=rule.readable(usage.reserved),
                         )
                     )
     except (GatewayError, TimeoutError):

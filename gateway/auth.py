@@ -38,6 +38,8 @@ MAX_TOKEN_BYTES = 8192
 class Principal:
     team: str
     expires_at: float | None
+    #: The person behind the token (``auth.user_claim``), when the token names one.
+    user: str | None = None
 
 
 #: A JWKS document is small and its endpoint is local to the identity provider.
@@ -201,7 +203,14 @@ class Authenticator:
             raise AuthenticationError(
                 f"Invalid API key: claim {self._config.team_claim!r} must be a team name."
             )
-        return Principal(team=team, expires_at=self._cache_expiry(claims.get("exp")))
+        user = claims.get(self._config.user_claim)
+        if isinstance(user, int) and not isinstance(user, bool):
+            user = str(user)
+        return Principal(
+            team=team,
+            expires_at=self._cache_expiry(claims.get("exp")),
+            user=user if isinstance(user, str) and user else None,
+        )
 
     def _cache_expiry(self, exp: Any) -> float | None:
         """When a verified token stops being valid, read the way PyJWT reads ``exp``.
@@ -243,12 +252,16 @@ def mint_token(
     issuer: str | None = None,
     audience: str | None = None,
     now: float | None = None,
+    user: str | None = None,
+    user_claim: str = "sub",
 ) -> str:
-    """An HS* team token, for operators (``gateway token``) and tests."""
+    """An HS* team token, for operators (``gateway token``) and tests; ``user`` names the
+    person (``user_claim``, default ``sub``: else ``team:<team>``)."""
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
         team_claim: team,
         "sub": f"team:{team}",
+        **({user_claim: user} if user is not None else {}),
         "iat": issued,
         "exp": issued + int(ttl_seconds),
     }
@@ -259,8 +272,11 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
-def mint_configured_token(auth: AuthConfig, team: str, *, ttl_seconds: float) -> str:
-    """A team token the gateway configured by ``auth`` accepts (its ``hs_secret`` must be set)."""
+def mint_configured_token(
+    auth: AuthConfig, team: str, *, ttl_seconds: float, user: str | None = None
+) -> str:
+    """A team token the gateway configured by ``auth`` accepts (its ``hs_secret`` must be set),
+    naming ``user`` in ``auth.user_claim`` when given."""
     if auth.hs_secret is None:
         raise ValueError("auth.hs_secret is not set")
     audience = auth.audience
@@ -274,4 +290,6 @@ def mint_configured_token(auth: AuthConfig, team: str, *, ttl_seconds: float) ->
         team_claim=auth.team_claim,
         issuer=auth.issuer,
         audience=audience,
+        user=user,
+        user_claim=auth.user_claim,
     )

@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__
+from gateway import __version__, usage_restore
 from gateway.auth import mint_configured_token
 from gateway.config import GatewayConfig, config_json_schema
 from gateway.config_loader import ConfigError, UnsetVariable, load_config
@@ -82,7 +82,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     if config.auth.hs_secret is None:
         print("error: auth.hs_secret is not set; tokens come from your IdP", file=sys.stderr)
         return 1
-    print(mint_configured_token(config.auth, args.team, ttl_seconds=args.ttl))
+    print(mint_configured_token(config.auth, args.team, ttl_seconds=args.ttl, user=args.user))
     return 0
 
 
@@ -109,11 +109,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
         args,
         "the embedded store lives inside the gateway process; ask it with GET /v1/gateway/usage",
     )
-    rows = asyncio.run(_usage_rows(config, [args.team] if args.team else list(config.teams)))
+    if args.user is not None and args.team is None:
+        print("error: --user needs --team (a user's rules are their team's)", file=sys.stderr)
+        return 1
+    teams = [args.team] if args.team else list(config.teams)
+    rows = asyncio.run(_usage_rows(config, teams, args.user))
     if rows is None:
         print("error: the quota store is unreachable", file=sys.stderr)
         return 1
-    header = (
+    header: tuple[object, ...] = (
         "TEAM",
         "METRIC",
         "WINDOW",
@@ -124,13 +128,21 @@ def cmd_usage(args: argparse.Namespace) -> int:
         "REMAINING",
         "RESETS",
     )
+    if args.user is not None:
+        header = (header[0], "USER", *header[1:])
+    else:
+        rows = [(row[0], *row[2:]) for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
     return 0
 
 
-async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[object, ...]] | None:
+async def _usage_rows(
+    config: GatewayConfig, teams: list[str], user: str | None = None
+) -> list[tuple[object, ...]] | None:
+    """Rows of (team, user or "-", metric, window, models, limit, used, reserved, remaining,
+    resets); ``user``'s per-user rules follow the team's."""
     from gateway.errors import StoreUnavailableError
     from gateway.pipeline import usage_entry
     from gateway.quota.service import QuotaService
@@ -141,11 +153,16 @@ async def _usage_rows(config: GatewayConfig, teams: list[str]) -> list[tuple[obj
     rows: list[tuple[object, ...]] = []
     try:
         for team in teams:
-            for usage in await service.usage(team, config.quota_rules(team)):
+            found = [("-", u) for u in await service.usage(team, config.quota_rules(team))]
+            if user is not None:
+                mine = await service.usage(team, config.user_quota_rules(team), user=user)
+                found += [(user, u) for u in mine]
+            for owner, usage in found:
                 entry = usage_entry(usage)
                 rows.append(
                     (
                         team,
+                        owner,
                         entry["metric"],
                         entry["window"],
                         ",".join(entry["models"] or ["*"]),
@@ -250,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint an HS team token with the configured secret")
     token.add_argument("--team", required=True)
     token.add_argument("--ttl", type=parse_duration, default=3600, help="e.g. 30m, 1h, 7d")
+    token.add_argument("--user", help="the person the token names (auth.user_claim)")
     token.add_argument("--config")
     token.set_defaults(func=cmd_token)
 
@@ -267,8 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = sub.add_parser("usage", help="print each team's quota use from the store")
     usage.add_argument("--team")
+    usage.add_argument("--user", help="with --team: also this user's per-user rules")
     usage.add_argument("--config")
     usage.set_defaults(func=cmd_usage)
+    restore = usage.add_subparsers(dest="usage_command").add_parser(
+        "restore", help="after a quota Redis data loss: replay the access log into the windows"
+    )
+    usage_restore.add_arguments(restore)
+    restore.set_defaults(func=lambda a: usage_restore.run(a, _load_or_exit(_config_path(a.config))))
 
     cache = sub.add_parser("cache", help="response cache maintenance")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)

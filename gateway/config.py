@@ -17,6 +17,11 @@ from gateway.config_admission import AdmissionConfig as AdmissionConfig
 from gateway.config_base import ConfigModel as _Model
 from gateway.config_base import PositiveSeconds as PositiveSeconds
 from gateway.config_base import compile_patterns as compile_patterns
+from gateway.config_pricing import PricingConfig as PricingConfig
+from gateway.config_quota import PathPattern
+from gateway.config_quota import QuotaDefaults as QuotaDefaults
+from gateway.config_quota import QuotaMetric as QuotaMetric
+from gateway.config_quota import QuotaRule as QuotaRule
 
 # The state sections live in their own module; importing them from here keeps working.
 from gateway.config_storage import CacheConfig as CacheConfig
@@ -79,6 +84,11 @@ class AuthConfig(_Model):
     leeway_seconds: Annotated[float, Field(ge=0)] = 30.0
     require_exp: bool = True
     team_claim: str = Field(default="team", min_length=1)
+    user_claim: str = Field(
+        default="sub",
+        min_length=1,
+        description="The claim that names the person behind a token, for `user_quotas`.",
+    )
     token_cache_size: int = Field(
         default=10_000, ge=0, description="Verified tokens remembered (0 disables the cache)."
     )
@@ -157,53 +167,7 @@ class LoggingConfig(_Model):
     access_log: bool = Field(default=True, description="One JSON line per proxied request.")
 
 
-QuotaMetric = Literal[
-    "completion_tokens", "reasoning_tokens", "prompt_tokens", "total_tokens", "requests"
-]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
-WINDOW_PATTERN = r"^(minute|hour|day|month|[1-9][0-9]{0,5}[smhd])$"
-
-
-class QuotaRule(_Model):
-    """A cap: at most ``limit`` of ``metric`` per fixed, UTC-aligned ``window``."""
-
-    metric: QuotaMetric
-    limit: int = Field(ge=0, description="Largest amount per window (0 blocks the metric).")
-    window: str = Field(
-        pattern=WINDOW_PATTERN,
-        description="minute, hour, day (UTC), month (UTC calendar) or a duration: 15m, 6h, 7d.",
-    )
-    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        default=None,
-        description="Model patterns this rule counts; unset = every model of the team.",
-    )
-
-
-PathPattern = Annotated[str, Field(pattern=r"^/")]
-
-
-class QuotaDefaults(_Model):
-    quotas: list[QuotaRule] = Field(
-        default_factory=list, description="Rules for teams that set no `quotas` of their own."
-    )
-    allow_unmetered: list[PathPattern] = Field(
-        default_factory=list,
-        description="Path patterns (without /v1) of billable APIs the gateway does not meter "
-        "that capped teams may call anyway, for teams that set no `allow_unmetered` of their own.",
-    )
-
-    @cached_property
-    def _unmetered_matcher(self) -> re.Pattern[str]:
-        return compile_patterns(self.allow_unmetered)
-
-    def allows_unmetered(self, path: str) -> bool:
-        return self._unmetered_matcher.match(path) is not None
-
-    max_concurrent_requests: int | None = Field(
-        default=None,
-        ge=1,
-        description="Metered requests in flight per team, across replicas (unset = no cap).",
-    )
 
 
 class ModelProfile(_Model):
@@ -269,6 +233,11 @@ class TeamConfig(_Model):
 
     quotas: list[QuotaRule] | None = Field(
         default=None, description="This team's caps; unset = `defaults.quotas`."
+    )
+    user_quotas: list[QuotaRule] | None = Field(
+        default=None,
+        description="Caps applied to each user of the team on their own (the token's "
+        "`auth.user_claim`), on top of the team's; unset = `defaults.user_quotas`.",
     )
     max_output_tokens: int | None = Field(
         default=None, ge=1, description="Ceiling on any one request's output-token limit."
@@ -336,6 +305,7 @@ class GatewayConfig(_Model):
         description="Model profiles, first match wins; a catch-all `*` profile is implied.",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
     teams: dict[Annotated[str, Field(pattern=TEAM_NAME_PATTERN)], TeamConfig] = Field(
         default_factory=dict, description="Team name -> settings; the JWT's team claim names one."
     )
@@ -343,6 +313,14 @@ class GatewayConfig(_Model):
     def quota_rules(self, team: str) -> list[QuotaRule]:
         own = self.teams[team].quotas
         return own if own is not None else self.defaults.quotas
+
+    def user_quota_rules(self, team: str) -> list[QuotaRule]:
+        own = self.teams[team].user_quotas
+        return own if own is not None else self.defaults.user_quotas
+
+    def is_capped(self, team: str) -> bool:
+        """Whether any rule, the team's or its users', counts the team's requests."""
+        return bool(self.quota_rules(team) or self.user_quota_rules(team))
 
     def allows_unmetered(self, team: str, path: str) -> bool:
         """Whether ``team`` may call a billable, unmetered ``path`` despite its caps."""

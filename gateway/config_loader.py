@@ -163,4 +163,46 @@ def load_config(
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if isinstance(data, dict):
+        data = _with_included_prices(data, Path(path).parent, source)
     return parse_config(data, source=source, env=env, unset=unset)
+
+
+def included_prices_path(config_dir: Path, include: str) -> Path:
+    """Where ``pricing.include`` points: relative paths are relative to the config file."""
+    return config_dir / include
+
+
+def _with_included_prices(data: dict[str, Any], config_dir: Path, source: str) -> dict[str, Any]:
+    """``pricing.models`` with the included price list's models after the config's own (first
+    match wins, so the config's override the list's)."""
+    pricing = data.get("pricing")
+    if not isinstance(pricing, dict) or not isinstance(pricing.get("include"), str):
+        return data
+    path = included_prices_path(config_dir, pricing["include"])
+    try:
+        listed = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: pricing.include: cannot read {path}: {exc.strerror or exc}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: pricing.include: {path} is not valid YAML: {exc}") from None
+    if isinstance(listed, dict) and isinstance(listed.get("pricing"), dict):
+        listed = listed["pricing"]  # a file written as a config fragment
+    if not isinstance(listed, dict) or not isinstance(listed.get("models", {}), dict):
+        raise ConfigError(f"{source}: pricing.include: {path} must be a mapping with `models`")
+    unknown = set(listed) - {"as_of", "models"}
+    if unknown:
+        raise ConfigError(
+            f"{source}: pricing.include: {path}: unknown keys {', '.join(sorted(unknown))}"
+        )
+    own = pricing.get("models") or {}
+    if not isinstance(own, dict):
+        return data  # validation names pricing.models
+    models = dict(own)
+    for pattern, price in (listed.get("models") or {}).items():
+        models.setdefault(pattern, price)
+    merged = {**pricing, "models": models}
+    merged.setdefault("as_of", listed.get("as_of"))
+    return {**data, "pricing": merged}

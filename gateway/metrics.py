@@ -64,9 +64,10 @@ class QuotaSample:
     metric: str
     window: str
     scope: str
-    limit: int
-    used: int
-    reserved: int
+    # In the rule's own unit: tokens, requests, or USD for cost rules.
+    limit: float
+    used: float
+    reserved: float
 
 
 class ModelLabels:
@@ -93,12 +94,14 @@ def model_patterns(config: GatewayConfig) -> list[str]:
     patterns: list[str] = []
     for team in config.teams.values():
         patterns += team.models
-        for rule in team.quotas or []:
+        for rule in [*(team.quotas or []), *(team.user_quotas or [])]:
             patterns += rule.models or []
-    for rule in config.defaults.quotas:
+    for rule in [*config.defaults.quotas, *config.defaults.user_quotas]:
         patterns += rule.models or []
     for profile in config.models:
         patterns += profile.match
+    # Priced models, so spend per model is readable (the label set stays bounded).
+    patterns += list(config.pricing.models)
     return patterns
 
 
@@ -338,7 +341,8 @@ class Metrics:
         clamped by a rule it has); series of teams a reload removed stay, as counters do."""
         self.model_label = ModelLabels(model_patterns(config))
         for team in config.teams:
-            metrics = {rule.metric for rule in config.quota_rules(team)}
+            rules = [*config.quota_rules(team), *config.user_quota_rules(team)]
+            metrics = {rule.metric for rule in rules}
             for metric in sorted(metrics):
                 for reason in ("exhausted", "congested"):
                     self.quota_rejections.labels(team=team, metric=metric, reason=reason)

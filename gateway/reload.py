@@ -1,4 +1,5 @@
-"""Config reload without a restart: on SIGHUP, and when the file's content changes.
+"""Config reload without a restart: on SIGHUP, and when the file's content (or that of the
+price list it includes) changes.
 
 Kubernetes updates a mounted ConfigMap by swapping a symlink, which inotify on the file itself
 misses; polling a hash of the content sees every kind of update (symlink swap, editor rename,
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from gateway.config_loader import ConfigError, load_config
+from gateway.config_loader import ConfigError, included_prices_path, load_config
 from gateway.state import GatewayState
 
 log = logging.getLogger("gateway")
@@ -41,10 +42,19 @@ class ConfigReloader:
         self._digest = self._read_digest()
 
     def _read_digest(self) -> str | None:
+        """A digest of the config file and the price list it includes (either may change)."""
+        digest = hashlib.sha256()
         try:
-            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+            digest.update(self.path.read_bytes())
         except OSError:
             return None
+        include = self.state.config.pricing.include
+        if include is not None:
+            try:
+                digest.update(included_prices_path(self.path.parent, include).read_bytes())
+            except OSError:
+                digest.update(b"\0missing")
+        return digest.hexdigest()
 
     def reload(self) -> bool:
         """Load and apply the file now; True when the new config is in force."""

@@ -14,6 +14,7 @@ Conventions (after the node-exporter mixin's "Nodes" dashboard):
 - a full-width row per subject, stats 4-6 wide, time series in pairs of 12;
 - counters through ``rate(...[$__rate_interval])``, totals over the picked range through
   ``increase(...[$__range])``; every panel declares a unit, ratios are 0-1 ``percentunit``;
+  the one fixed window is the spend forecasts' ``[1d]`` fit (``FORECAST_RANGE``), the alert's;
 - an expression ending in ``or on() vector(0)`` reads a counter whose label sets only appear
   with the first event (upstream errors, 429s, store fallbacks, cache hits...): no series
   means no event, so the panel shows 0 rather than "No data". Gauges that need configuration
@@ -208,13 +209,19 @@ def table(
     *,
     width: int = 12,
     height: int = 8,
+    column_units: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``column_units``: a unit for some columns (by their renamed title) other than ``unit``."""
+    overrides = [
+        {"matcher": {"id": "byName", "options": column}, "properties": [{"id": "unit", "value": u}]}
+        for column, u in (column_units or {}).items()
+    ]
     return {
         "type": "table",
         "title": title,
         "description": description,
         "targets": targets,
-        "fieldConfig": {"defaults": _defaults(unit, NEUTRAL), "overrides": []},
+        "fieldConfig": {"defaults": _defaults(unit, NEUTRAL), "overrides": overrides},
         "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
         "transformations": [
             {"id": "merge", "options": {}},
@@ -266,6 +273,203 @@ QUOTA_SHARE = (
     f" / (gateway_quota_limit{{{TEAM}}} > 0))"
 )
 QUOTA_LEGEND = "{{team}} · {{metric}} per {{window}} · {{scope}}"
+
+# Spend. Budgets are quota rules with metric="cost_usd" (their gauges are in USD); the month's
+# budget is the rule with window="month", which resets with the UTC calendar month.
+COST = f'{TEAM}, metric="cost_usd", window="month"'
+BUDGET_LEGEND = "{{team}} · {{scope}}"
+# The forecasts fit the last day of settled spend, as GatewayTeamBudgetForecastExhausted does:
+# a day takes in a whole working-hours cycle, which a shorter fit would extrapolate over the
+# nights. In the first day of a month the fit still sees the last month's samples before the
+# reset and forecasts too little; the alert waits for day 2 (grafana/alerts.yaml).
+FORECAST_RANGE = "[1d]"
+# Seconds until the month's window resets (Prometheus's date functions are UTC, as the window).
+MONTH_LEFT = "((days_in_month() - day_of_month() + 1) * 86400 - time() % 86400)"
+
+
+def cost(metric: str, window: str) -> str:
+    fn = "rate" if window == RATE else "increase"
+    return f"{fn}({metric}{{{TEAM_MODEL}}}{window})"
+
+
+def budget(gauge: str) -> str:
+    """One value per monthly budget: replicas read the same store, so max, not sum."""
+    return f"max by (team, scope) (gateway_quota_{gauge}{{{COST}}})"
+
+
+SPENT_PER_HOUR = f"sum by (team, model) ({cost('gateway_cost_usd_total', RATE)}) * 3600"
+# Settled spend extrapolated to the month's end, plus what requests in flight hold now. The
+# fit is on settled spend only: reservations come and go with each request and would make its
+# slope jump.
+MONTH_END_FORECAST = (
+    "max by (team, scope) ("
+    f"predict_linear(gateway_quota_used{{{COST}}}{FORECAST_RANGE}, scalar({MONTH_LEFT}))"
+    f" + gateway_quota_reserved{{{COST}}})"
+)
+MONTH_END_SHARE = (
+    "max by (team, scope) (("
+    f"predict_linear(gateway_quota_used{{{COST}}}{FORECAST_RANGE}, scalar({MONTH_LEFT}))"
+    f" + gateway_quota_reserved{{{COST}}}) / (gateway_quota_limit{{{COST}}} > 0))"
+)
+# What is left over the fitted slope: deriv is the slope of the least-squares line that
+# predict_linear extrapolates. Only budgets whose spend grows; limit 0 (blocked) left out.
+RUNS_OUT_IN = (
+    f"max by (team, scope) (gateway_quota_remaining{{{COST}}}"
+    f" and gateway_quota_limit{{{COST}}} > 0)"
+    f" / (max by (team, scope) (deriv(gateway_quota_used{{{COST}}}{FORECAST_RANGE})) > 0)"
+)
+FORECAST_STEPS = steps((None, "green"), (QUOTA_WARN, "orange"), (1, "red"))
+USD = "currencyUSD"
+
+
+def spend_panels() -> list[dict[str, Any]]:
+    return [
+        row("Spend"),
+        stat(
+            "Spend (range)",
+            "USD spent in the picked range at the configured prices (`pricing`), from settled "
+            "usage. Requests for models without a price add nothing.",
+            [
+                target(
+                    f"sum({cost('gateway_cost_usd_total', RANGE)}){ZERO}",
+                    "spend",
+                    instant=True,
+                )
+            ],
+            USD,
+            width=6,
+        ),
+        stat(
+            "Burn rate ($/h)",
+            "USD spent per hour at the current rate, all selected teams and models.",
+            [
+                target(
+                    f"(sum({cost('gateway_cost_usd_total', RATE)}) * 3600){ZERO}",
+                    "$/h",
+                    instant=True,
+                )
+            ],
+            USD,
+            width=6,
+        ),
+        stat(
+            "Saved by the cache (range)",
+            "USD not spent upstream in the picked range because a cache hit answered, at the "
+            "configured prices.",
+            [
+                target(
+                    f"sum({cost('gateway_cache_saved_usd_total', RANGE)}){ZERO}",
+                    "saved",
+                    instant=True,
+                )
+            ],
+            USD,
+            width=6,
+        ),
+        stat(
+            "Budgets forecast to run out this month",
+            "Monthly cost budgets (metric cost_usd, window month) that the last day's spend, "
+            "extrapolated to the end of the month, exceeds. GatewayTeamBudgetForecastExhausted "
+            "fires for those that run out within 3 days.",
+            [target(f"count({MONTH_END_SHARE} >= 1){ZERO}", "budgets", instant=True)],
+            "short",
+            thresholds=ANY_IS_BAD,
+            width=6,
+        ),
+        timeseries(
+            "Spend by team and model ($/h)",
+            "USD per hour at the configured prices, per team and model label.",
+            [target(SPENT_PER_HOUR + ZERO, "{{team}} · {{model}}")],
+            USD,
+            stack=True,
+        ),
+        table(
+            "Spend by team and model (range)",
+            "USD spent, and USD saved by cache hits, per team and model in the picked range.",
+            [
+                target(
+                    f"sum by (team, model) ({cost(metric, RANGE)})",
+                    name,
+                    instant=True,
+                    table=True,
+                )
+                for metric, name in (
+                    ("gateway_cost_usd_total", "spent"),
+                    ("gateway_cache_saved_usd_total", "saved"),
+                )
+            ],
+            USD,
+            {
+                "team": "Team",
+                "model": "Model",
+                "Value #A": "Spent",
+                "Value #B": "Saved by the cache",
+            },
+        ),
+        bargauge(
+            "Month to date (% of budget)",
+            "Settled spend this month over each monthly cost budget (cost_usd rules per "
+            "month). Orange at 80 %, red at 95 %, as the quota alerts, which cover cost rules "
+            "too. Budgets of 0 (a blocked team) are left out.",
+            [
+                target(
+                    f"max by (team, scope) (gateway_quota_used{{{COST}}}"
+                    f" / (gateway_quota_limit{{{COST}}} > 0))",
+                    BUDGET_LEGEND,
+                    instant=True,
+                )
+            ],
+            "percentunit",
+            QUOTA_STEPS,
+        ),
+        table(
+            "Monthly budgets",
+            "Each monthly cost budget: limit, settled spend, reserved by requests in flight, "
+            "what is left, the spend forecast at the month's end (the last day's trend, "
+            "predict_linear, plus what is reserved now), and when it runs out at that rate "
+            "(only budgets whose spend grows; a date after the month's end means it lasts).",
+            [
+                *(
+                    target(budget(name), name, instant=True, table=True)
+                    for name in ("limit", "used", "reserved", "remaining")
+                ),
+                target(MONTH_END_FORECAST, "forecast", instant=True, table=True),
+                target(f"(time() + {RUNS_OUT_IN}) * 1000", "runs out", instant=True, table=True),
+            ],
+            USD,
+            {
+                "team": "Team",
+                "scope": "Models",
+                "Value #A": "Budget",
+                "Value #B": "Spent",
+                "Value #C": "Reserved",
+                "Value #D": "Left",
+                "Value #E": "Month-end forecast",
+                "Value #F": "Runs out",
+            },
+            column_units={"Runs out": "dateTimeAsIso"},
+        ),
+        timeseries(
+            "Month to date spend against budget",
+            "Settled spend this month of each monthly cost budget, and the budget. The spend "
+            "drops to 0 when the month resets.",
+            [
+                target(budget("used"), BUDGET_LEGEND + " spent"),
+                target(f"{budget('limit')} > 0", BUDGET_LEGEND + " budget"),
+            ],
+            USD,
+        ),
+        timeseries(
+            "Month-end forecast (% of budget)",
+            "The last day's spend extrapolated to the end of the month (predict_linear), plus "
+            "what requests in flight reserve, over the budget. Above 100 % the budget runs out "
+            "before the month resets at this rate.",
+            [target(MONTH_END_SHARE, BUDGET_LEGEND)],
+            "percentunit",
+            thresholds=FORECAST_STEPS,
+            threshold_lines=True,
+        ),
+    ]
 
 
 def panels() -> list[dict[str, Any]]:
@@ -440,6 +644,7 @@ def panels() -> list[dict[str, Any]]:
             "percentunit",
             maximum=1,
         ),
+        *spend_panels(),
         row("Quota use per team"),
         bargauge(
             "Quota use (% of limit)",
@@ -924,7 +1129,7 @@ def dashboard() -> dict[str, Any]:
     return {
         "uid": UID,
         "title": TITLE,
-        "description": "Traffic, tokens, quotas, cache, latency, errors and store health of "
+        "description": "Traffic, tokens, spend, quotas, cache, latency, errors and store health of "
         "the OpenAI team gateway. Generated by grafana/dashboard.py: edit that, not this file.",
         "tags": ["gateway", "openai", "llm"],
         "id": None,

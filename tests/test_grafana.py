@@ -4,13 +4,15 @@
    byte-identical copies, and the JSON follows the conventions an importable dashboard needs
    (datasource variable first, ``${datasource}`` everywhere, unique ids, a grid that fits,
    units and thresholds). Every ``gateway_*`` name in an expression is one the gateway exposes.
-2. With promtool: ``check rules`` and the rule unit tests in grafana/alerts.test.yaml, which
+2. With promtool: ``check rules`` and the rule unit tests in grafana/alerts*.test.yaml, which
    must show every alert both firing and not firing.
 3. Live: a real Prometheus scrapes two in-process gateways (one healthy, one whose Redis is
    unreachable) while the official openai SDK drives mixed traffic through them; then every
    dashboard query and every alert expression goes through Prometheus's HTTP API. Each must
    parse, each panel must return data, and the alerts whose conditions the traffic creates
-   must be the ones that hold. ``promtool check metrics`` lints a real scrape.
+   must be the ones that hold. ``promtool check metrics`` lints a real scrape. The Spend row
+   and the budget alert have their own live test: two replicas on one Redis, priced models and
+   monthly cost budgets, the values checked against the spend computed from the responses.
 
 Prometheus and promtool come from Debian's ``prometheus`` package (``make test`` installs it):
 without them the promtool and live tests skip locally and fail when ``CI`` is set.
@@ -18,11 +20,14 @@ without them the promtool and live tests skip locally and fail when ``CI`` is se
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
 import re
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +45,14 @@ from tests.support.prometheus_proc import (
     binaries,
     run_promtool,
 )
-from tests.support.redis_proc import free_port
+from tests.support.redis_proc import RedisProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "gateway.json"
 ALERTS = GRAFANA / "alerts.yaml"
-ALERT_TESTS = GRAFANA / "alerts.test.yaml"
+# alerts.month-end.test.yaml evaluates hourly (a month's end is 43,000 minutes from time 0).
+ALERT_TESTS = [GRAFANA / "alerts.test.yaml", GRAFANA / "alerts.month-end.test.yaml"]
 HELM_FILES = ROOT / "helm" / "gateway" / "files"
 
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "gauge", "table", "row"}
@@ -160,6 +166,7 @@ def test_dashboard_follows_the_import_conventions() -> None:
     assert rows == [
         "Traffic",
         "Tokens and reasoning",
+        "Spend",
         "Quota use per team",
         "Cache",
         "Latency",
@@ -193,6 +200,21 @@ def exposed_labels() -> dict[str, set[str]]:
         else:
             found[wrapper._name] = labels
     return found
+
+
+def row_titles(dashboard: dict[str, Any], row: str) -> set[str]:
+    """Titles of the panels under the row titled ``row`` (up to the next row)."""
+    found: set[str] = set()
+    current = None
+    for panel in panels(dashboard):
+        if panel["type"] == "row":
+            current = panel["title"]
+        elif current == row:
+            found.add(panel["title"])
+    return found
+
+
+SPEND_ROW = "Spend"  # covered by test_spend_row_and_budget_alert_against_a_real_prometheus
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -229,7 +251,11 @@ def test_expressions_use_only_exposed_metrics_labels_and_counters() -> None:
             assert name.endswith(("_total", "_bucket", "_sum", "_count")), f"{where}: {name}"
     for where, expr in dashboard_exprs():
         windows = set(re.findall(r"\[([^\]]+)\]", expr))
-        assert windows <= {"$__rate_interval", "$__range", "$__interval"}, (where, windows)
+        assert windows <= {"$__rate_interval", "$__range", "$__interval", "1d"}, (where, windows)
+        # The one fixed window: the spend forecasts fit the last day, as the budget alert.
+        fits = re.findall(r"\b(predict_linear|deriv)\((\w+)\{[^}]*\}\[1d\]", expr)
+        assert expr.count("[1d]") == len(fits), where
+        assert all(name == "gateway_quota_used" for _, name in fits), where
 
 
 def test_alert_rules_are_complete_and_each_is_unit_tested_both_ways() -> None:
@@ -241,7 +267,8 @@ def test_alert_rules_are_complete_and_each_is_unit_tested_both_ways() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     firing: set[str] = set()
     silent: set[str] = set()
-    for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]:
+    cases = [case for f in ALERT_TESTS for case in yaml.safe_load(f.read_text())["tests"]]
+    for case in cases:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else silent).add(check["alertname"])
     assert firing == set(names), set(names) ^ firing
@@ -272,8 +299,8 @@ async def test_promtool_check_rules() -> None:
 
 async def test_promtool_rule_unit_tests_pass() -> None:
     require_prometheus()
-    code, out = await run_promtool("test", "rules", ALERT_TESTS.name, cwd=GRAFANA)
-    assert code == 0 and "SUCCESS" in out, out
+    code, out = await run_promtool("test", "rules", *(f.name for f in ALERT_TESTS), cwd=GRAFANA)
+    assert code == 0 and out.count("SUCCESS") == len(ALERT_TESTS), out
 
 
 # --- 3. live: real Prometheus, real gateways, real traffic ----------------------------------------
@@ -377,6 +404,29 @@ async def drive(gw_a: RunningGateway, gw_b: RunningGateway, phase: int) -> None:
             await client.close()
 
 
+async def queries_with_data(
+    prom: PrometheusProcess, exprs: list[tuple[str, str]], one_team: str
+) -> dict[str, str]:
+    """Every query parses and returns data; the same query for one team parses too. Returns
+    the panels whose bare expression (without the ZERO fallback) is empty: where -> query."""
+    empty_bare: dict[str, str] = {}
+    for where, expr in exprs:
+        query = substitute(expr)
+        answer = await prom.query(query)
+        assert answer["status"] == "success", (where, query, answer)
+        result = answer["data"]["result"]
+        if where.startswith("annotation"):
+            continue  # an annotation marks events; none happened
+        assert result, f"{where}: no data for {query}"
+        if expr.endswith(ZERO):
+            bare = await prom.vector(substitute(expr.removesuffix(ZERO)))
+            if not bare:
+                empty_bare[where] = query
+        one = await prom.query(substitute(expr, team=one_team, model="gpt-4o-mini"))
+        assert one["status"] == "success", (where, one)
+    return empty_bare
+
+
 async def scrape_text(gw: RunningGateway) -> str:
     async with aiohttp.ClientSession() as s, s.get(gw.root + "/metrics") as resp:
         assert resp.status == 200
@@ -427,27 +477,14 @@ async def test_dashboard_and_alert_queries_against_a_real_prometheus(
             assert answer["status"] == "success", answer
             assert expected <= set(answer["data"]), (label, answer["data"])
 
-        # Every dashboard query parses and returns data.
-        empty_bare: dict[str, str] = {}
-        for where, expr in dashboard_exprs():
-            query = substitute(expr)
-            answer = await prom.query(query)
-            assert answer["status"] == "success", (where, query, answer)
-            result = answer["data"]["result"]
-            if where.startswith("annotation"):
-                continue  # an annotation marks events; none happened
-            assert result, f"{where}: no data for {query}"
-            if expr.endswith(ZERO):
-                bare = await prom.vector(substitute(expr.removesuffix(ZERO)))
-                if not bare:
-                    empty_bare[where] = query
-            # The same query for one team parses too.
-            one_team = await prom.query(substitute(expr, team="web", model="gpt-4o-mini"))
-            assert one_team["status"] == "success", (where, one_team)
+        # Every dashboard query parses and returns data (the Spend row has its own test).
+        d = load_dashboard()
+        spend = row_titles(d, SPEND_ROW)
+        exprs = [(where, expr) for where, expr in dashboard_exprs() if where not in spend]
+        empty_bare = await queries_with_data(prom, exprs, one_team="web")
         assert set(empty_bare) <= set(MAY_BE_EMPTY), empty_bare
 
         # A few values the traffic fixes exactly.
-        d = load_dashboard()
         by_title = {p["title"]: p for p in panels(d)}
 
         async def result_of(title: str, ref: int = 0) -> list[dict[str, Any]]:
@@ -493,4 +530,188 @@ async def test_dashboard_and_alert_queries_against_a_real_prometheus(
         f"prometheus + traffic {traffic_done - started:.1f}s, "
         f"queries {elapsed - (traffic_done - started):.1f}s"
     )
+    assert elapsed < 30, f"took {elapsed:.1f}s"
+
+
+# --- 3b. live: the Spend row and the budget alert ---------------------------------------------
+
+PRICE = {"input": 0.15, "cached_input": 0.075, "output": 0.60}  # USD per 1M tokens
+SPEND_TEAMS: dict[str, Any] = {
+    # $250 a month, of which this traffic spends thousandths of a cent: its forecast lasts.
+    "finance": {
+        "models": ["gpt-4o-mini"],
+        "quotas": [{"metric": "cost_usd", "limit": 250, "window": "month"}],
+    },
+    # A cent a month: this traffic spends a quarter of it in seconds, so at that rate it runs
+    # out within the minute.
+    "lab": {
+        "models": ["gpt-4o-mini"],
+        "quotas": [{"metric": "cost_usd", "limit": 0.01, "window": "month"}],
+    },
+    # Budget 0 blocks cost: left out of the shares, forecasts and the alert.
+    "blocked": {
+        "models": ["gpt-4o-mini"],
+        "quotas": [{"metric": "cost_usd", "limit": 0, "window": "month"}],
+    },
+}
+BUDGETS = {"finance": 250.0, "lab": 0.01, "blocked": 0.0}
+
+
+def price_of(usage: Any) -> float:
+    """USD of one response's usage at PRICE."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
+    return (
+        float(
+            (usage.prompt_tokens - cached) * PRICE["input"]
+            + cached * PRICE["cached_input"]
+            + usage.completion_tokens * PRICE["output"]
+        )
+        / 1e6
+    )
+
+
+@dataclass
+class Spend:
+    """What the responses the clients received cost, per team: spent upstream, and saved by
+    cache hits (``x-gateway-cache: hit``)."""
+
+    spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUDGETS, 0.0))
+    saved: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUDGETS, 0.0))
+
+    def add(self, other: Spend) -> None:
+        for team in BUDGETS:
+            self.spent[team] += other.spent[team]
+            self.saved[team] += other.saved[team]
+
+
+async def drive_spend(gateways: list[RunningGateway], phase: int) -> Spend:
+    """One round on both replicas: finance sends cacheable requests (a miss, then hits) and
+    small uncacheable ones; lab sends large ones. Both phases move every series."""
+    spend = Spend()
+
+    async def ask(gw: RunningGateway, team: str, **kw: Any) -> None:
+        client = openai.AsyncOpenAI(base_url=gw.url, api_key=token(team), max_retries=0)
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=MESSAGES, **kw
+            )
+        finally:
+            await client.close()
+        usage = raw.parse().usage
+        assert usage is not None
+        ledger = spend.saved if raw.headers.get("x-gateway-cache") == "hit" else spend.spent
+        ledger[team] += price_of(usage)
+
+    for _ in range(2):  # phase 1: a miss, then a hit; phase 2: two hits
+        await ask(gateways[0], "finance", temperature=0, max_tokens=5)
+    for gw in gateways:
+        await ask(gw, "finance", max_tokens=5)
+        await ask(
+            gw,
+            "lab",
+            max_completion_tokens=1000,
+            extra_headers={"x-mock-completion-tokens": "1000"},
+        )
+    assert spend.saved["finance"] > 0 and spend.spent["lab"] > 0, (phase, spend)
+    return spend
+
+
+def seconds_left_in_month(at: float) -> float:
+    moment = dt.datetime.fromtimestamp(at, dt.UTC)
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return dt.datetime(year, month, 1, tzinfo=dt.UTC).timestamp() - at
+
+
+async def test_spend_row_and_budget_alert_against_a_real_prometheus(
+    make_gateway, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """Needs the pricing engine (issue 14): `pricing`, cost_usd rules, the cost counters."""
+    require_prometheus()
+    started = time.monotonic()
+    shared = {
+        "teams": SPEND_TEAMS,
+        "pricing": {"models": {"gpt-4o-mini*": PRICE}},
+        "metrics": {"quota_refresh_seconds": 0.1},
+        "store": {"redis_url": redis_server.url, "key_prefix": "s" + uuid.uuid4().hex[:10]},
+    }
+    gateways = [await make_gateway(**shared) for _ in range(2)]  # two replicas, one store
+    prom = PrometheusProcess(tmp_path, [f"127.0.0.1:{gw.port}" for gw in gateways], job=JOB)
+    await prom.start()
+    try:
+        await prom.wait_scraped_after(time.time())
+        total = await drive_spend(gateways, phase=1)
+        await prom.wait_scraped_after(time.time())
+        phase2 = await drive_spend(gateways, phase=2)
+        total.add(phase2)
+        await prom.wait_scraped_after(await prom.wait_scraped_after(time.time()))
+
+        d = load_dashboard()
+        spend_panels = row_titles(d, SPEND_ROW)
+        assert len(spend_panels) >= 8, spend_panels
+        exprs = [(where, expr) for where, expr in dashboard_exprs() if where in spend_panels]
+        assert not await queries_with_data(prom, exprs, one_team="lab")
+
+        # Values, all at one moment, against the spend computed from the responses.
+        at = time.time()
+        by_title = {p["title"]: p for p in panels(d)}
+
+        async def result_of(title: str, ref: int = 0) -> dict[str, float]:
+            """team (or team/model) -> value, for a panel's query at ``at``."""
+            answer = await prom.query(substitute(by_title[title]["targets"][ref]["expr"]), at)
+            assert answer["status"] == "success", (title, answer)
+            found: dict[str, float] = {}
+            for r in answer["data"]["result"]:
+                labels = r["metric"]
+                key = "/".join(labels[k] for k in ("team", "model") if k in labels) or "*"
+                assert key not in found, (title, key)
+                found[key] = float(r["value"][1])
+            return found
+
+        spent, saved = total.spent, total.saved
+        exact = pytest.approx  # the store counts nano-dollars; gauges and counters are USD
+        # Monthly budgets: one row per budget although two replicas report it (max, not sum).
+        assert await result_of("Monthly budgets", 0) == BUDGETS
+        assert await result_of("Monthly budgets", 1) == exact(spent, abs=1e-8)
+        assert await result_of("Monthly budgets", 2) == dict.fromkeys(BUDGETS, 0.0)
+        left = {team: max(0.0, BUDGETS[team] - spent[team]) for team in BUDGETS}
+        assert await result_of("Monthly budgets", 3) == exact(left, abs=1e-8)
+        shares = await result_of("Month to date (% of budget)")
+        assert shares == exact({t: spent[t] / BUDGETS[t] for t in ("finance", "lab")}, rel=1e-6)
+        assert 0.1 < shares["lab"] < 0.8, shares  # lab's budget is not yet spent
+        # Spend and savings in the range: counters of the two replicas summed. increase() counts
+        # from a series' first sample, taken after phase 1, and extrapolates a little.
+        (in_range,) = (await result_of("Spend (range)")).values()
+        assert sum(phase2.spent.values()) <= in_range <= 1.25 * sum(spent.values())
+        (saved_in_range,) = (await result_of("Saved by the cache (range)")).values()
+        assert phase2.saved["finance"] <= saved_in_range <= 1.25 * saved["finance"]
+        (burn,) = (await result_of("Burn rate ($/h)")).values()
+        assert burn > 0
+        by_model = await result_of("Spend by team and model (range)")
+        assert set(by_model) == {"finance/gpt-4o-mini", "lab/gpt-4o-mini"}, by_model
+        assert set(await result_of("Spend by team and model (range)", 1)) == {"finance/gpt-4o-mini"}
+        # The forecasts: lab's trend runs out its cent within the minute, finance's lasts.
+        # Near a month's end they extrapolate to the reset only: too close, lab's may last.
+        month_left = seconds_left_in_month(at)
+        forecast = await result_of("Month-end forecast (% of budget)")
+        assert set(forecast) == {"finance", "lab"}, forecast
+        assert forecast["finance"] < 1, forecast
+        runs_out = await result_of("Monthly budgets", 5)
+        assert set(runs_out) == {"finance", "lab"}, runs_out
+        assert at * 1000 < runs_out["lab"] < runs_out["finance"], runs_out
+        (count,) = (await result_of("Budgets forecast to run out this month")).values()
+        alert = next(r for r in load_rules() if r["alert"] == "GatewayTeamBudgetForecastExhausted")
+        firing = {r["metric"]["team"] for r in await prom.vector(alert["expr"], at)}
+        if month_left > 600:
+            assert forecast["lab"] > 1, forecast
+            assert count == 1
+            # Not on the 1st (UTC): there the fit would straddle the month's reset.
+            on_the_first = dt.datetime.fromtimestamp(at, dt.UTC).day == 1
+            assert firing == (set() if on_the_first else {"lab"}), firing
+        else:
+            assert firing <= {"lab"}, firing
+    finally:
+        prom.stop()
+    elapsed = time.monotonic() - started
+    print(f"spend: {elapsed:.1f}s, spent {total.spent}, saved {total.saved}")
     assert elapsed < 30, f"took {elapsed:.1f}s"

@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig
-from gateway.config_loader import parse_config
+from gateway.config_loader import load_config, parse_config
+from gateway.stores import cache_url
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "gateway"
@@ -155,7 +156,7 @@ def test_every_resource_carries_the_standard_labels(chart: Any) -> None:
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["helm.sh/chart"] == f"gateway-{chart.version}"
-        assert labels["app.kubernetes.io/component"] in {"gateway", "redis"}
+        assert labels["app.kubernetes.io/component"] in {"gateway", "redis", "redis-cache"}
 
 
 def test_pod_and_container_are_locked_down(chart: Any) -> None:
@@ -245,11 +246,27 @@ def test_configmap_gateway_yaml_validates_with_the_gateway_loader(chart: Any) ->
     assert data["upstream"]["api_key"] == "${OPENAI_API_KEY}"
     assert data["auth"]["hs_secret"] == "${GATEWAY_JWT_SECRET}"
     assert data["store"]["redis_url"] == "${REDIS_URL:-}"
+    assert data["cache"]["redis_url"] == "${CACHE_REDIS_URL:-}"
     config = parse_config(yaml.safe_load(text), env=CONFIG_ENV)
     assert config.upstream.api_key.get_secret_value() == "sk-x"
     assert config.store.redis_url is None  # REDIS_URL unset: the embedded store
+    assert config.cache.redis_url is None  # CACHE_REDIS_URL unset: the cache goes with the store
     assert config.server.port == 8080
     assert config.teams, "the default values should ship a sample team"
+
+
+def test_configmap_ships_the_price_list_the_config_includes(chart: Any, tmp_path: Path) -> None:
+    configmap = only(render(chart), "ConfigMap")["data"]
+    shipped = (ROOT / "config" / "pricing.yaml").read_text()
+    assert (CHART / "files" / "pricing.yaml").read_text() == shipped, (
+        "helm/gateway/files/pricing.yaml must be a copy of config/pricing.yaml"
+    )
+    assert configmap["pricing.yaml"].rstrip("\n") == shipped.rstrip("\n")
+    # Loaded as the pod does: both keys as files in one directory.
+    for name, text in configmap.items():
+        (tmp_path / name).write_text(text)
+    config = load_config(tmp_path / "gateway.yaml", env=CONFIG_ENV)
+    assert config.pricing.price_of("gpt-4o-mini") is not None
 
 
 def test_configmap_with_redis_validates_with_the_gateway_loader(chart: Any) -> None:
@@ -322,6 +339,8 @@ def test_termination_grace_not_above_shutdown_grace_fails(helm: ModuleType, char
         ({"config": {"server": {"port": "${GATEWAY_PORT:-8080}"}}}, "/config/server/port"),
         ({"secrets": {"jwtSecret": "too-short"}}, "/secrets/jwtSecret"),
         ({"redis": {"auth": {"password": "p@ss"}}}, "/redis/auth/password"),
+        ({"redisCache": {"deplyo": True}}, "deplyo"),
+        ({"redisCache": {"maxmemory": "lots"}}, "/redisCache/maxmemory"),
     ],
     ids=[
         "top",
@@ -333,6 +352,8 @@ def test_termination_grace_not_above_shutdown_grace_fails(helm: ModuleType, char
         "config-port",
         "short-jwt-secret",
         "url-unsafe-password",
+        "redisCache",
+        "cache-maxmemory",
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(
@@ -418,6 +439,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "metrics-port": {"config": {"metrics": {"port": 9102}}, "serviceMonitor": {"enabled": True}},
     "redis-no-auth": {"redis": {"deploy": True, "auth": {"enabled": False}}},
     "existing-secret-redis-url": {"existingSecret": "creds", "redis": {"url": "redis://r:6379"}},
+    "redis-cache-no-auth": {"redisCache": {"deploy": True, "auth": {"enabled": False}}},
+    "existing-secret-cache-url": {"existingSecret": "c", "redisCache": {"url": "redis://c:6379"}},
     "ingress-no-host": {"ingress": {"enabled": True, "hosts": [{"paths": [{"path": "/v1"}]}]}},
     "overrides": {"fullnameOverride": "llm-gw", "nameOverride": "gw", "commonLabels": {"a": "b"}},
 }
@@ -548,6 +571,8 @@ def test_optional_resources_are_off_by_default(chart: Any) -> None:
     for key in ("serviceMonitor", "prometheusRule", "dashboards"):
         assert defaults[key]["enabled"] is False, key
     assert defaults["redis"]["deploy"] is False
+    assert defaults["redisCache"]["deploy"] is False
+    assert defaults["redisCache"]["url"] == ""
 
 
 # --- Redis and secrets ----------------------------------------------------------------------------
@@ -661,6 +686,190 @@ def test_existing_secret_with_the_chart_redis(chart: Any) -> None:
     ref = {"name": "creds", "key": "REDIS_PASSWORD"}
     assert redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
     assert env_of(container(docs))["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+
+
+# --- the optional cache-only Redis (issue 13) ---------------------------------------------------
+
+QUOTA_REDIS = f"{FULLNAME}-redis"
+CACHE_REDIS = f"{FULLNAME}-redis-cache"
+
+
+def redis_servers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Workload name -> its redis-server container, for every Redis the chart renders."""
+    found = {}
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            for main in doc["spec"]["template"]["spec"]["containers"]:
+                if main.get("command") == ["redis-server"]:
+                    found[doc["metadata"]["name"]] = main
+    return found
+
+
+def arg(main: dict[str, Any], flag: str) -> str:
+    args: list[str] = main["args"]
+    assert args.count(flag) == 1, (flag, args)
+    return args[args.index(flag) + 1]
+
+
+def gateway_config(docs: list[dict[str, Any]], **env: str) -> GatewayConfig:
+    return parse_config(yaml.safe_load(gateway_yaml(docs)), env=CONFIG_ENV | env)
+
+
+def test_by_default_one_redis_serves_quotas_and_the_cache(chart: Any) -> None:
+    docs = render(chart, {"redis": {"deploy": True}})
+    assert set(redis_servers(docs)) == {QUOTA_REDIS}
+    env = env_of(container(docs))
+    assert "CACHE_REDIS_URL" not in env and "CACHE_REDIS_PASSWORD" not in env
+    assert "CACHE_REDIS_PASSWORD" not in only(docs, "Secret")["data"]
+    config = gateway_config(docs, REDIS_URL="redis://:pw@quota:6379/0")
+    assert config.cache.redis_url is None
+    assert cache_url(config) == "redis://:pw@quota:6379/0"  # the cache shares the quota Redis
+    assert redis_servers(render(chart)) == {}  # and no Redis at all unless asked for
+
+
+def test_redis_cache_deploy_renders_an_lru_redis_and_points_the_cache_at_it(
+    chart: Any, kubernetes_validate: ModuleType
+) -> None:
+    docs = render(chart, {"redis": {"deploy": True}, "redisCache": {"deploy": True}})
+    assert_valid_kubernetes(kubernetes_validate, docs)
+    servers = redis_servers(docs)
+    assert set(servers) == {QUOTA_REDIS, CACHE_REDIS}
+
+    # The cache instance: a memory budget, LRU over all keys, nothing written to disk.
+    cache = servers[CACHE_REDIS]
+    assert arg(cache, "--maxmemory") == "200mb"
+    assert arg(cache, "--maxmemory-policy") == "allkeys-lru"
+    assert arg(cache, "--save") == ""
+    assert arg(cache, "--appendonly") == "no"
+    assert arg(cache, "--requirepass") == "$(REDIS_PASSWORD)"
+    assert cache["securityContext"]["readOnlyRootFilesystem"] is True
+    workload = only(docs, "Deployment", CACHE_REDIS)
+    pod = workload["spec"]["template"]["spec"]
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    assert {"name": "data", "emptyDir": {"sizeLimit": "16Mi"}} in pod["volumes"]
+    assert pod["automountServiceAccountToken"] is False
+    assert workload["spec"]["strategy"] == {"type": "Recreate"}
+    memory_limit = cache["resources"]["limits"]["memory"]
+    assert memory_limit == "320Mi"  # above maxmemory: Redis needs room for buffers
+
+    # The quota instance is unchanged: no eviction, AOF on its claim.
+    quota = servers[QUOTA_REDIS]
+    assert arg(quota, "--maxmemory-policy") == "noeviction"
+    assert arg(quota, "--appendonly") == "yes"
+    assert arg(quota, "--appendfsync") == "everysec"
+    assert "--maxmemory" not in quota["args"]
+    (claim,) = only(docs, "StatefulSet", QUOTA_REDIS)["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+
+    # Its own Service, selecting only the cache pod.
+    service = only(docs, "Service", CACHE_REDIS)["spec"]
+    cache_pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= cache_pod_labels.items()
+    assert service["ports"][0]["port"] == 6379
+    quota_pod_labels = only(docs, "StatefulSet", QUOTA_REDIS)["spec"]["template"]["metadata"]
+    for other in (only(docs, "Service", QUOTA_REDIS), only(docs, "Service")):
+        assert not other["spec"]["selector"].items() <= cache_pod_labels.items()
+    assert not service["selector"].items() <= quota_pod_labels["labels"].items()
+
+    # The gateway's config reads the cache URL from the env the Deployment sets.
+    env = env_of(container(docs))
+    ref = {"name": FULLNAME, "key": "CACHE_REDIS_PASSWORD"}
+    assert env["CACHE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+    names = [e["name"] for e in container(docs)["env"]]
+    assert names.index("CACHE_REDIS_PASSWORD") < names.index("CACHE_REDIS_URL")
+    url = env["CACHE_REDIS_URL"]["value"]
+    assert url == f"redis://:$(CACHE_REDIS_PASSWORD)@{CACHE_REDIS}.{NAMESPACE}.svc:6379/0"
+    secret = {k: base64.b64decode(v).decode() for k, v in only(docs, "Secret")["data"].items()}
+    assert len(secret["CACHE_REDIS_PASSWORD"]) == 32
+    assert secret["CACHE_REDIS_PASSWORD"] != secret["REDIS_PASSWORD"]
+    cache_env = env_of(container(docs, "Deployment", CACHE_REDIS))
+    assert cache_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+    resolved = {
+        name: env[name]["value"]
+        .replace("$(REDIS_PASSWORD)", "q")
+        .replace("$(CACHE_REDIS_PASSWORD)", "c")
+        for name in ("REDIS_URL", "CACHE_REDIS_URL")
+    }
+    config = gateway_config(docs, **resolved)
+    assert config.store.redis_url is not None and config.cache.redis_url is not None
+    assert config.store.redis_url.get_secret_value() == f"redis://:q@{QUOTA_REDIS}.llm.svc:6379/0"
+    assert cache_url(config) == f"redis://:c@{CACHE_REDIS}.llm.svc:6379/0"
+
+
+def test_redis_cache_memory_and_args_come_from_values(chart: Any) -> None:
+    values = {
+        "redisCache": {"deploy": True, "maxmemory": "2gb", "args": ["--maxmemory-samples", "10"]}
+    }
+    cache = redis_servers(render(chart, values))[CACHE_REDIS]
+    assert arg(cache, "--maxmemory") == "2gb"
+    assert cache["args"][-2:] == ["--maxmemory-samples", "10"]
+
+
+def test_redis_cache_without_auth(chart: Any) -> None:
+    docs = render(chart, {"redisCache": {"deploy": True, "auth": {"enabled": False}}})
+    env = env_of(container(docs))
+    assert env["CACHE_REDIS_URL"]["value"] == f"redis://{CACHE_REDIS}.{NAMESPACE}.svc:6379/0"
+    assert "CACHE_REDIS_PASSWORD" not in env
+    assert "--requirepass" not in redis_servers(docs)[CACHE_REDIS]["args"]
+    assert "CACHE_REDIS_PASSWORD" not in only(docs, "Secret")["data"]
+
+
+def test_external_cache_url_is_used_instead_of_a_chart_redis(chart: Any) -> None:
+    docs = render(
+        chart, {"redis": {"deploy": True}, "redisCache": {"url": "rediss://:pw@cache:6380/1"}}
+    )
+    assert set(redis_servers(docs)) == {QUOTA_REDIS}
+    secret = only(docs, "Secret")
+    assert base64.b64decode(secret["data"]["CACHE_REDIS_URL"]) == b"rediss://:pw@cache:6380/1"
+    ref = env_of(container(docs))["CACHE_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": FULLNAME, "key": "CACHE_REDIS_URL"}
+    config = gateway_config(
+        docs, REDIS_URL="redis://q:6379/0", CACHE_REDIS_URL="rediss://:pw@cache:6380/1"
+    )
+    assert cache_url(config) == "rediss://:pw@cache:6380/1"
+
+
+def test_cache_url_with_an_existing_secret(chart: Any) -> None:
+    # Given in values: a plain env value; not given: optional in the Secret.
+    docs = render(chart, {"existingSecret": "creds", "redisCache": {"url": "redis://c:6379/0"}})
+    assert env_of(container(docs))["CACHE_REDIS_URL"]["value"] == "redis://c:6379/0"
+    values = {"existingSecret": "creds", "secretKeys": {"cacheRedisUrl": "cache-url"}}
+    ref = env_of(container(render(chart, values)))["CACHE_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "creds", "key": "cache-url", "optional": True}
+
+
+def test_redis_cache_url_and_deploy_together_fail(helm: ModuleType, chart: Any) -> None:
+    values = {"redisCache": {"deploy": True, "url": "redis://elsewhere:6379/0"}}
+    message = render_error(helm, chart, values)
+    assert "redisCache.url" in message and "not both" in message
+
+
+def test_network_policy_for_the_cache_redis_admits_only_the_gateway(chart: Any) -> None:
+    values = {
+        "networkPolicy": {"enabled": True},
+        "redis": {"deploy": True},
+        "redisCache": {"deploy": True},
+    }
+    docs = render(chart, values)
+    (rule,) = only(docs, "NetworkPolicy", CACHE_REDIS)["spec"]["ingress"]
+    gateway_selector = only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": gateway_selector}}]
+    egress = only(docs, "NetworkPolicy")["spec"]["egress"]
+    peers = [peer for item in egress for peer in item.get("to", [])]
+    cache_selector = only(docs, "Deployment", CACHE_REDIS)["spec"]["selector"]
+    assert {"podSelector": cache_selector} in peers
+    # Both Redis in the chart: no egress to Redis ports anywhere else.
+    assert all(
+        item.get("to") for item in egress if {"port": 6379, "protocol": "TCP"} in item["ports"]
+    )
+    # An external cache next to the chart's quota Redis needs the open Redis ports again.
+    values = {
+        "networkPolicy": {"enabled": True},
+        "redis": {"deploy": True},
+        "redisCache": {"url": "redis://c:6379"},
+    }
+    egress = only(render(chart, values), "NetworkPolicy")["spec"]["egress"]
+    assert {"ports": [{"port": 6379, "protocol": "TCP"}]} in egress
 
 
 # --- NOTES.txt, the image and the versions --------------------------------------------------------

@@ -228,8 +228,71 @@ async def test_redis_keys_share_the_team_hash_tag(redis_server: RedisProcess) ->
     assert found and all("{ml}" in k for k in found)
     assert keys.reservation_index(prefix, "ml") in found
     counter = keys.quota_counter(prefix, "ml", "completion_tokens:day:all:1")
-    assert await client.hgetall(counter) == {b"reserved": b"10"}
-    assert await client.pttl(counter) > 0
+    expire_at = int(c[0].expires_at * 1000)
+    assert await client.hgetall(counter) == {b"reserved": b"10", b"exp": str(expire_at).encode()}
+    assert await client.pexpiretime(counter) == expire_at
+    await client.aclose()
+
+
+def expiring(at: float, key: str = "completion_tokens:day:all:1") -> WindowCharge:
+    return WindowCharge(key=key, limit=1000, fixed=0, per_output=1, expires_at=at)
+
+
+async def test_a_counter_expiry_only_moves_later(store: QuotaStore) -> None:
+    early, late = expiring(NOW + 1000), expiring(NOW + 2000)
+    await reserve(store, "a", [late], 10, hold=NOW + 1800)
+    # A call asking for an earlier expiry (another hold length) does not shorten it...
+    await reserve(store, "b", [early], 10)
+    await store.settle("team", "b", [early], [10], [10], now=NOW)
+    assert await state(store, [early], now=NOW + 1500) == [(10, 10)]
+    # ...and one asking for a later one extends it.
+    await reserve(store, "c", [expiring(NOW + 3000)], 10, hold=NOW + 2800)
+    assert await state(store, [early], now=NOW + 2500) == [(10, 10)]
+
+
+async def test_redis_counter_expiry_is_set_once_and_moved_only_later(
+    redis_server: RedisProcess,
+) -> None:
+    prefix = "e" + uuid.uuid4().hex[:8]
+    client = await connect(redis_server.url, timeout_seconds=2)
+    store = RedisQuotaStore(client, prefix=prefix)
+    counter = keys.quota_counter(prefix, "team", "completion_tokens:day:all:1")
+    early, late = expiring(NOW + 1000), expiring(NOW + 2000)
+    await reserve(store, "a", [late], 10)
+    await reserve(store, "b", [early], 10)
+    await store.settle("team", "b", [early], [10], [10], now=NOW)
+    assert await client.pexpiretime(counter) == int(late.expires_at * 1000)
+    await reserve(store, "c", [expiring(NOW + 3000)], 10)
+    assert await client.pexpiretime(counter) == int((NOW + 3000) * 1000)
+    # A counter that expired before its request settled is made again, with its expiry and
+    # without a negative reservation.
+    await client.delete(counter)
+    await store.settle("team", "c", [late], [10], [7], now=NOW)
+    assert await client.hgetall(counter) == {
+        b"used": b"7",
+        b"exp": str(int(late.expires_at * 1000)).encode(),
+    }
+    assert await client.pexpiretime(counter) == int(late.expires_at * 1000)
+    await client.aclose()
+
+
+async def test_redis_counters_without_a_recorded_expiry_still_count(
+    redis_server: RedisProcess,
+) -> None:
+    # Counters written before the expiry was kept in the hash: used, reserved and a TTL only.
+    prefix = "o" + uuid.uuid4().hex[:8]
+    client = await connect(redis_server.url, timeout_seconds=2)
+    store = RedisQuotaStore(client, prefix=prefix)
+    counter = keys.quota_counter(prefix, "team", "completion_tokens:day:all:1")
+    c = [charge(limit=1000)]
+    await client.hset(counter, mapping={"used": 100, "reserved": 0})
+    await client.pexpireat(counter, int(NOW * 1000))
+    assert (await reserve(store, "a", c, 600)).remaining == (300,)
+    assert await client.pexpiretime(counter) == int(c[0].expires_at * 1000)
+    await client.hdel(counter, "exp")
+    await store.settle("team", "a", c, [600], [50], now=NOW)
+    assert await state(store, c) == [(150, 0)]
+    assert await client.hget(counter, "exp") == str(int(c[0].expires_at * 1000)).encode()
     await client.aclose()
 
 

@@ -103,7 +103,7 @@ async def test_six_teams_on_three_nodes_get_answers_counters_and_cache_hits(
     # `gateway usage` reads every team, wherever its slot is.
     rows = await _usage_rows(gw.config, names)
     assert rows is not None
-    assert {row[0]: row[5] for row in rows} == dict.fromkeys(names, 35)
+    assert {row[0]: row[6] for row in rows} == dict.fromkeys(names, 35)
 
     # Cache entry and lock share a slot, so the one-round-trip scripts run on every node.
     for team in names:

@@ -513,7 +513,8 @@ async def test_a_node_killed_and_restarted_under_traffic_loses_no_counter(
 
         async def nothing_held() -> bool:  # peeking purges the reservations whose hold ended
             rows = await _usage_rows(parsed, teams)
-            return rows is not None and all(row[6] == 0 for row in rows)
+            reserved = 7  # (team, user, metric, window, models, limit, used, reserved, ...)
+            return rows is not None and all(row[reserved] == 0 for row in rows)
 
         try:
             await wait_until(nothing_held, within_seconds=40)

@@ -68,6 +68,8 @@ class RequestInfo:
     #: How many outputs the request produces (Completions: ``max(n, best_of)``).
     n: int
     temperature: float | None
+    #: The ``service_tier`` asked for (auto, default, flex, priority), which prices it.
+    service_tier: str | None = None
 
     @property
     def hides_usage(self) -> bool:

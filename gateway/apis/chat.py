@@ -40,6 +40,7 @@ class ChatApi(ApiSpec):
             include_usage=fields.include_usage(body, stream),
             n=fields.choices(body) or 1,
             temperature=fields.opt_number(body, "temperature"),
+            service_tier=fields.opt_string(body, "service_tier"),
         )
 
     def with_output_limit(

@@ -152,6 +152,15 @@ def opt_effort(container: dict[str, Any], key: str, param: str) -> str | None:
     return value
 
 
+def opt_string(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise wrong_type(key, "a string", value)
+    return value
+
+
 def include_usage(body: dict[str, Any], is_stream: bool) -> bool:
     options = opt_dict(body, "stream_options")
     if options is None:

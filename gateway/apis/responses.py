@@ -54,6 +54,7 @@ class ResponsesApi(ApiSpec):
             include_usage=False,
             n=1,
             temperature=fields.opt_number(body, "temperature"),
+            service_tier=fields.opt_string(body, "service_tier"),
         )
 
     def with_reasoning_effort(

@@ -48,6 +48,7 @@ Test hooks, read from request headers:
   aborts the connection before any byte is sent; other values are ignored there.
 - ``x-mock-completion-tokens: N``: visible tokens to produce per choice (before the limit).
 - ``x-mock-reasoning-tokens: N``: reasoning tokens per choice (reasoning models only).
+- ``x-mock-cached-tokens: N``: prompt tokens reported as cached (at most the prompt's).
 - ``x-mock-gate: NAME``: a stream writes its first event, sets
   ``MockUpstream.gate(NAME).first_chunk_sent``, then waits for ``gate.release_event`` before
   writing the rest. Gates live in-process only (``app[GATES_KEY]``); a request naming a gate

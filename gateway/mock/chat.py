@@ -107,7 +107,7 @@ class _Reply:
     def usage(self, budget: Budget) -> dict[str, Any]:
         per_choice = budget.reasoning + budget.visible
         return content.chat_usage(
-            self.prompt_tokens, self.n * per_choice, self.n * budget.reasoning
+            self.prompt_tokens, self.n * per_choice, self.n * budget.reasoning, budget.cached
         )
 
     def send_json(

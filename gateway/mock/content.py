@@ -35,6 +35,8 @@ class Budget:
     reasoning: int
     visible: int
     truncated: bool
+    #: Prompt tokens reported as served from OpenAI's prompt cache (``x-mock-cached-tokens``).
+    cached: int = 0
 
 
 def hex_id(prefix: str) -> str:
@@ -65,12 +67,12 @@ def choice_seed(seed: int, index: int) -> int:
     return (seed + 7 * index) % N_WORDS
 
 
-def chat_usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any]:
+def chat_usage(prompt: int, completion: int, reasoning: int, cached: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": min(cached, prompt), "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
             "audio_tokens": 0,

@@ -138,10 +138,11 @@ class Ctx:
         if is_reasoning_model(model):
             hooked = self.hook_int("x-mock-reasoning-tokens")
             reasoning = DEFAULT_REASONING_TOKENS if hooked is None else hooked
+        cached = self.hook_int("x-mock-cached-tokens") or 0
         if limit is None or reasoning + visible <= limit:
-            return Budget(reasoning, visible, False)
+            return Budget(reasoning, visible, False, cached)
         spent = min(reasoning, limit)
-        return Budget(spent, limit - spent, True)
+        return Budget(spent, limit - spent, True, cached)
 
     def headers(self, content_type: str) -> dict[str, str]:
         headers = dict(_STATIC_HEADERS)

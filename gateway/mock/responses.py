@@ -41,7 +41,10 @@ async def responses(ctx: Ctx) -> web.StreamResponse:
     output_tokens = budget.reasoning + budget.visible
     usage = {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": min(budget.cached, input_tokens),
+            "cache_write_tokens": 0,
+        },
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": budget.reasoning},
         "total_tokens": input_tokens + output_tokens,

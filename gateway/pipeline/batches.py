@@ -25,6 +25,7 @@ from gateway.pipeline import team_policy
 from gateway.pipeline.forward import Call, forward_whole
 from gateway.pipeline.jobs import settle_if_terminal
 from gateway.quota.policy import PlannedWindow, QuotaPlan, plan_request, reserved_amounts
+from gateway.quota.pricing import UnitPrice
 from gateway.quota.service import Reservation
 from gateway.upstream.headers import upstream_request_headers
 
@@ -92,13 +93,35 @@ async def _input_lines(call: Call, file_id: str) -> list[bytes]:
 def _plan(call: Call, api: ApiSpec, endpoint: str, lines: list[bytes]) -> QuotaPlan:
     """One plan for the whole batch: per window, the sum of what each line would reserve."""
     rules = call.config.quota_rules(call.team_name)
+    user_rules = call.config.user_quota_rules(call.team_name)
     now = call.state.quotas.clock()
     hold = call.config.admission.background_hold_seconds
     totals: dict[str, tuple[PlannedWindow, int]] = {}
+    price: UnitPrice | None = None
+    model: str | None = None
     for number, raw in enumerate(lines, start=1):
         info, profile = _check_line(call, api, endpoint, number, raw)
+        if number == 1:
+            model = info.model
+            price = team_policy.request_price(call.config, info, batch=True)
+        elif info.model != model:
+            # OpenAI's rule too; one model means one price for the batch's summed usage.
+            raise InvalidRequestError(
+                f"Line {number} of the batch input file names model {info.model!r}, line 1 "
+                f"{model!r}: a batch runs one model.",
+                param="input_file_id",
+            )
         plan = plan_request(
-            rules, info, profile, call.team, body_bytes=len(raw), now=now, hold_seconds=hold
+            rules,
+            info,
+            profile,
+            call.team,
+            body_bytes=len(raw),
+            now=now,
+            hold_seconds=hold,
+            price=price,
+            user=call.user,
+            user_rules=user_rules,
         )
         for planned, amount in zip(
             plan.windows, reserved_amounts(plan, plan.requested_output), strict=True
@@ -109,7 +132,7 @@ def _plan(call: Call, api: ApiSpec, endpoint: str, lines: list[bytes]) -> QuotaP
         replace(planned, charge=replace(planned.charge, fixed=total, per_output=0))
         for planned, total in totals.values()
     )
-    return QuotaPlan(windows=windows, requested_output=0, min_output=0, choices=0)
+    return QuotaPlan(windows=windows, requested_output=0, min_output=0, choices=0, price=price)
 
 
 def _check_line(

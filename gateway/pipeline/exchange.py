@@ -12,9 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.apis import OTHER, ApiSpec, Usage
+from gateway.config_pricing import nano_to_usd
 from gateway.log import ACCESS
 from gateway.metrics import Metrics
 from gateway.quota.early_stop import EarlyStop
+from gateway.quota.pricing import UnitPrice
 
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
@@ -35,6 +37,7 @@ class Exchange:
     method: str
     path: str
     team: str | None = None
+    user: str | None = None  # auth.user_claim: logged, never a metric label (unbounded)
     api: ApiSpec = OTHER
     model: str | None = None
     stream: bool = False
@@ -49,6 +52,18 @@ class Exchange:
     first_byte_seconds: float | None = None  # streams: request start to first body bytes
     upstream_error: str | None = None  # connect | timeout | status_4xx | status_5xx | stream_cut
     extra: dict[str, Any] = field(default_factory=dict)
+    price: UnitPrice | None = None  # the request's prices, when its model has one
+    #: What a request its client left early was charged (nano-dollars), when it has a price.
+    early_stop_cost: int | None = None
+
+    def cost(self) -> int | None:
+        """What the request cost (nano-dollars): its usage at its prices, or, stopped early,
+        what it was charged; None for an unpriced model."""
+        if self.price is None:
+            return None
+        if self.usage is not None:
+            return self.price.cost(self.usage)
+        return self.early_stop_cost
 
     def record(self, metrics: Metrics) -> None:
         """Metrics for a finished request; labels are folded to bounded sets here."""
@@ -72,14 +87,20 @@ class Exchange:
         if usage is not None:
             counter = metrics.saved_tokens if self.cache == "hit" else metrics.tokens
             metrics.count_usage(counter, team, model, endpoint, usage)
+        cost = self.cost()
+        if cost:
+            spent = metrics.saved_cost if self.cache == "hit" else metrics.cost
+            child(spent, team, model).inc(nano_to_usd(cost))
 
     def log(self) -> None:
         usage = self.usage
+        cost = self.cost()
         ACCESS.write(
             {
                 "request_id": self.request_id,
                 "upstream_request_id": self.upstream_request_id,
                 "team": self.team,
+                "user": self.user,
                 "method": self.method,
                 "path": self.path,
                 "endpoint": self.api.name,
@@ -92,6 +113,12 @@ class Exchange:
                 "cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
                 "completion_tokens": usage.completion_tokens if usage else None,
                 "reasoning_tokens": usage.reasoning_tokens if usage else None,
+                # A cache hit cost nothing; its usage is what it saved.
+                "cost_usd": None
+                if cost is None
+                else 0.0
+                if self.cache == "hit"
+                else nano_to_usd(cost),
                 "upstream_ms": _ms(self.upstream_seconds),
                 "duration_ms": _ms(time.perf_counter() - self.started),
                 **self.extra,

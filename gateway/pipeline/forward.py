@@ -31,6 +31,8 @@ class Call:
     #: Canonical, relative to the upstream's ``/v1`` (``paths.api_path``).
     path: str
     exchange: Exchange
+    #: The person behind the token (``auth.user_claim``), for per-user caps.
+    user: str | None = None
 
 
 @dataclass(slots=True)

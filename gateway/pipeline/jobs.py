@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import apis, json_codec
 from gateway.apis import Usage
+from gateway.config_pricing import nano_to_usd
 from gateway.pipeline.forward import Call, forward_whole
 from gateway.quota.jobs import JobKind
 from gateway.state import GatewayState
@@ -79,14 +80,17 @@ async def settle_if_terminal(
         requests = 1
     else:
         usage, requests = await batch_usage(state, obj)
-    settled = await state.jobs.settle(team, job_id, usage, requests)
-    if settled and usage is not None:
+    job = await state.jobs.settle(team, job_id, usage, requests)
+    if job is not None and usage is not None:
         model = obj.get("model") if kind == "response" else None
         endpoint = "responses_background" if kind == "response" else "batches"
         metrics = state.metrics
         label = metrics.model_label(model if isinstance(model, str) else None)
         metrics.count_usage(metrics.tokens, team, label, endpoint, usage)
-    return settled
+        if job.price is not None:
+            cost = job.price.cost(usage)
+            metrics.child(metrics.cost, team, label).inc(nano_to_usd(cost))
+    return job is not None
 
 
 async def batch_usage(state: GatewayState, batch: dict[str, Any]) -> tuple[Usage | None, int]:
@@ -150,6 +154,6 @@ async def poll_job(state: GatewayState, team: str, kind: JobKind, job_id: str) -
     obj = _object(data) if status < 300 else None
     if obj is None:
         if status == 404:  # deleted upstream: its usage is gone, keep what was reserved
-            return await state.jobs.settle(team, job_id, None, 1)
+            return await state.jobs.settle(team, job_id, None, 1) is not None
         raise JobPollError(f"upstream answered {status} for {kind} {job_id}")
     return await settle_if_terminal(state, team, kind, obj)

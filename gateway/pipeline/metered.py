@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import json_codec
-from gateway.apis import BAD_JSON, ApiSpec, RequestInfo
+from gateway.apis import BAD_JSON, ApiSpec, RequestInfo, Usage
 from gateway.cache.entry import CachedResponse
 from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
@@ -26,7 +26,7 @@ from gateway.pipeline.forward import Call, forward, note_stream_end, start_strea
 from gateway.pipeline.jobs import TERMINAL
 from gateway.quota.admission import LeftQueue
 from gateway.quota.early_stop import EarlyStop, early_stop_output
-from gateway.quota.policy import plan_request
+from gateway.quota.policy import estimate_prompt_tokens, plan_request
 from gateway.quota.service import Reservation
 from gateway.sse import StreamMeter
 from gateway.upstream.client import UpstreamResponse
@@ -62,6 +62,7 @@ async def handle_metered(call: Call, api: ApiSpec) -> web.StreamResponse:
     assert isinstance(body, dict)  # a metered API's parse refuses anything else (400)
     exchange.model, exchange.stream = info.model, info.stream
     team_policy.check_model(call.team, call.team_name, info.model)
+    exchange.price = team_policy.request_price(call.config, info)
     profile = call.config.model_profile(info.model)
     effort = team_policy.reasoning_effort(call.team, info, profile)
     if effort is not None:
@@ -156,9 +157,15 @@ async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamRe
         if reservation is not None:
             stop = exchange.early_stop if exchange.usage is None else None
             if stop is not None and not exchange.released:
-                exchange.extra["early_stop_output"] = early_stop_output(
-                    reservation.plan, reservation.output, stop
-                )
+                output = early_stop_output(reservation.plan, reservation.output, stop)
+                exchange.extra["early_stop_output"] = output
+                if exchange.price is not None:
+                    exchange.early_stop_cost = exchange.price.cost(
+                        Usage(
+                            prompt_tokens=estimate_prompt_tokens(len(metered.raw)),
+                            completion_tokens=output,
+                        )
+                    )
             # Shielded: a handler cancelled at shutdown must still settle what it reserved.
             await asyncio.shield(_settle_or_hand_over(metered, reservation, stop))
 
@@ -184,8 +191,9 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
     call = metered.call
     state, team_name, exchange = call.state, call.team_name, call.exchange
     rules = call.config.quota_rules(team_name)
+    user_rules = call.config.user_quota_rules(team_name)
     max_concurrent = call.config.max_concurrent(team_name)
-    if not rules and max_concurrent is None:
+    if not rules and not user_rules and max_concurrent is None:
         return None  # the common uncapped team: no planning at all
     hold = state.quotas.hold_seconds
     if metered.background:
@@ -201,6 +209,9 @@ async def _reserve(metered: MeteredCall) -> Reservation | None:
         # A background response is not a request in flight here: it must not hold a slot
         # for the hours it may run.
         max_concurrent=None if metered.background else max_concurrent,
+        price=exchange.price,
+        user=call.user,
+        user_rules=user_rules,
     )
     if not plan.charges:
         return None

@@ -53,11 +53,12 @@ async def _route(
         raise MethodNotAllowedError(f"Method {request.method} is not supported.")
     path = api_path(request)
     principal = await authenticate(request, state, config)
-    exchange.team = principal.team
+    exchange.team, exchange.user = principal.team, principal.user
     team = config.teams[principal.team]
+    team_policy.check_user(config, principal.team, principal.user)
     team_policy.check_path(team, principal.team, path)
     team_policy.check_surface(config, principal.team, request.method, path)
-    call = Call(request, state, config, team, principal.team, path, exchange)
+    call = Call(request, state, config, team, principal.team, path, exchange, principal.user)
     api = apis.classify(request.method, path)
     exchange.api = api
     if team_policy.is_model_listing(request.method, path) and team.models != ["*"]:
@@ -65,7 +66,7 @@ async def _route(
     model = team_policy.looked_up_model(request.method, path, team)
     if model is not None:
         exchange.model = model
-    capped = bool(config.quota_rules(principal.team))
+    capped = config.is_capped(principal.team)
     if capped and request.method == "POST" and path.rstrip("/") == "/batches":
         return await handle_batch_create(call)
     if not api.metered:

@@ -54,7 +54,7 @@ class Reconciler:
                     counts[job.kind] += 1
                     if state.quotas.clock() > job.hold_until:
                         # Its hold is over: what it reserved stops counting; charge it as used.
-                        settled += await state.jobs.settle(team, job_id, None, 0)
+                        settled += await state.jobs.settle(team, job_id, None, 0) is not None
                     else:
                         settled += await poll_job(state, team, job.kind, job_id)
                 except _POLL_ERRORS as exc:

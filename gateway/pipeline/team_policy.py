@@ -8,7 +8,13 @@ from urllib.parse import unquote
 from gateway import json_codec
 from gateway.apis import BAD_JSON, REASONING_EFFORTS, RequestInfo, surfaces
 from gateway.config import GatewayConfig, ModelProfile, TeamConfig
-from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from gateway.quota.pricing import UnitPrice
 from gateway.quota.service import Reservation
 
 _MODEL_PATH = "/models/"
@@ -19,6 +25,26 @@ def check_path(team: TeamConfig, team_name: str, path: str) -> None:
         raise PermissionDeniedError(
             f"Team {team_name!r} may not call {path}.", code="path_not_allowed"
         )
+
+
+def check_user(config: GatewayConfig, team_name: str, user: str | None) -> None:
+    """A team with per-user caps needs to know whose request it is."""
+    if user is None and config.user_quota_rules(team_name):
+        claim = config.auth.user_claim
+        raise AuthenticationError(
+            f"Invalid API key: team {team_name!r} has per-user quotas, and the token has no "
+            f"{claim!r} claim naming the user (auth.user_claim)."
+        )
+
+
+def request_price(
+    config: GatewayConfig, info: RequestInfo, *, batch: bool = False
+) -> UnitPrice | None:
+    """The request's prices per token (model, service tier, Batch discount); None: unpriced."""
+    price = config.pricing.price_of(info.model)
+    if price is None:
+        return None
+    return UnitPrice.of(price, service_tier=info.service_tier, batch=batch)
 
 
 def check_model(team: TeamConfig, team_name: str, model: str | None) -> None:
@@ -104,7 +130,7 @@ def output_limit(
 def check_surface(config: GatewayConfig, team_name: str, method: str, path: str) -> None:
     """Fail closed: a team with quota rules reaches only metered and free APIs, plus the
     billable ones its ``allow_unmetered`` patterns name; without rules, nothing changes."""
-    if not config.quota_rules(team_name):
+    if not config.is_capped(team_name):
         return
     found = surfaces.surface(method, path)
     if found.treatment != "refused" or config.allows_unmetered(team_name, path):

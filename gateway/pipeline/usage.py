@@ -1,4 +1,5 @@
-"""``GET /v1/gateway/usage``: a team's quota rules with what is used, reserved and left."""
+"""``GET /v1/gateway/usage``: a team's quota rules (and the caller's own per-user rules) with
+what is used, reserved and left."""
 
 from __future__ import annotations
 
@@ -20,23 +21,31 @@ async def handle_usage(request: web.Request) -> web.Response:
     principal = await authenticate(request, state, config)
     rules = config.quota_rules(principal.team)
     usage = await state.quotas.usage(principal.team, rules)
-    body = {
+    body: dict[str, Any] = {
         "object": "gateway.usage",
         "team": principal.team,
         "rules": [usage_entry(u) for u in usage],
     }
+    user_rules = config.user_quota_rules(principal.team)
+    if user_rules and principal.user is not None:
+        # The caller's own caps only: a user sees no one else's use.
+        mine = await state.quotas.usage(principal.team, user_rules, user=principal.user)
+        body["user"] = principal.user
+        body["user_rules"] = [usage_entry(u) for u in mine]
     return web.Response(body=json_codec.dumps(body), content_type="application/json")
 
 
 def usage_entry(usage: RuleUsage) -> dict[str, Any]:
+    """One rule's window; amounts in the rule's unit (USD for cost_usd)."""
+    rule = usage.rule
     return {
-        "metric": usage.rule.metric,
-        "window": usage.rule.window,
-        "models": usage.rule.models,
-        "limit": usage.rule.limit,
-        "used": usage.used,
-        "reserved": usage.reserved,
-        "remaining": usage.remaining,
+        "metric": rule.metric,
+        "window": rule.window,
+        "models": rule.models,
+        "limit": rule.limit,
+        "used": rule.readable(usage.used),
+        "reserved": rule.readable(usage.reserved),
+        "remaining": rule.readable(usage.remaining),
         "window_start": _iso(usage.window_start),
         "resets_at": _iso(usage.window_end),
     }

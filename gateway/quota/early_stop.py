@@ -17,9 +17,9 @@ was generated but not yet sent. The charge is instead a bound that never under-c
   it ran (from sending the request until the connection was closed; the time before the first
   token makes it only larger). The two overlap, which only errs on the high side.
 
-Every window is then charged its fixed part (the prompt estimate, 1 request) plus that output,
-never more than it reserved. A request that reserved no output (embeddings) keeps its
-reservation, which is its fixed part only.
+Every window is then charged its fixed part (the prompt estimate, 1 request) plus that output
+(at the output price, for cost windows), never more than it reserved. A request that reserved
+no output (embeddings) keeps its reservation, which is its fixed part only.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def early_stop_amounts(
 ) -> list[int]:
     """Per window, what the early-stopped request is charged instead of its reservation."""
     output = early_stop_output(plan, granted_output, stop)
+    choices = max(1, plan.choices)
+    # per_output is choices x the unit per output token (1 for tokens, its price for cost).
     return [
-        min(held, planned.charge.fixed + (output if planned.charge.per_output else 0))
+        min(held, planned.charge.fixed + output * (planned.charge.per_output // choices))
         for planned, held in zip(plan.windows, reserved, strict=True)
     ]

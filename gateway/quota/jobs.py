@@ -19,6 +19,7 @@ from typing import Literal
 from gateway import json_codec
 from gateway.apis import Usage
 from gateway.quota.policy import used_amount
+from gateway.quota.pricing import UnitPrice
 from gateway.quota.service import QuotaService, Reservation
 from gateway.quota.store.base import QuotaStore, WindowCharge
 from gateway.storage.errors import StoreError
@@ -40,6 +41,7 @@ class OpenJob:
     opened_at: float
     hold_until: float
     endpoint: str  # the API the job's requests call (a batch's lines), for usage parsing
+    price: UnitPrice | None = None  # what its usage costs (cost rules and spend metrics)
 
     def encode(self) -> bytes:
         return json_codec.dumps(
@@ -56,6 +58,7 @@ class OpenJob:
                 "opened_at": self.opened_at,
                 "hold_until": self.hold_until,
                 "endpoint": self.endpoint,
+                "price": None if self.price is None else self.price.encode(),
             }
         )
 
@@ -73,12 +76,15 @@ class OpenJob:
             opened_at=obj["opened_at"],
             hold_until=obj["hold_until"],
             endpoint=obj["endpoint"],
+            price=UnitPrice.decode(obj["price"]) if obj.get("price") else None,
         )
 
 
-def job_amounts(metrics: Sequence[str], usage: Usage, requests: int) -> list[int]:
+def job_amounts(
+    metrics: Sequence[str], usage: Usage, requests: int, price: UnitPrice | None
+) -> list[int]:
     """What a finished job really used, per charge (``requests``: how many it ran)."""
-    return [used_amount(metric, usage, requests) for metric in metrics]
+    return [used_amount(metric, usage, requests, price) for metric in metrics]
 
 
 class JobLedger:
@@ -118,6 +124,7 @@ class JobLedger:
             opened_at=now,
             hold_until=now + hold_seconds,
             endpoint=endpoint,
+            price=reservation.plan.price,
         )
         try:
             await self.store.open_job(reservation.team, job_id, job.encode())
@@ -127,14 +134,20 @@ class JobLedger:
         reservation.settled = True
         return True
 
-    async def settle(self, team: str, job_id: str, usage: Usage | None, requests: int) -> bool:
+    async def settle(
+        self, team: str, job_id: str, usage: Usage | None, requests: int
+    ) -> OpenJob | None:
         """Close the job and charge what it used (None: keep the reservation as charged).
-        True if this call settled it; False if it was not open (or another caller did)."""
+        The job if this call settled it; None if it was not open (or another caller did)."""
         raw = await self.store.job(team, job_id)
         if raw is None:
-            return False
+            return None
         job = OpenJob.decode(raw)
-        actual = list(job.reserved) if usage is None else job_amounts(job.metrics, usage, requests)
+        actual = (
+            list(job.reserved)
+            if usage is None
+            else job_amounts(job.metrics, usage, requests, job.price)
+        )
         try:
             # Shielded: once sent, the caller's cancellation must not leave the outcome unknown.
             settled = await asyncio.shield(
@@ -159,4 +172,4 @@ class JobLedger:
                 "job settled",
                 extra={"team": team, "job": job_id, "kind": job.kind, "charged": actual},
             )
-        return settled
+        return job if settled else None

@@ -13,6 +13,13 @@ of total) windows use an estimate: one token per ``PROMPT_BYTES_PER_TOKEN`` byte
 body, which over-estimates English text (about 4 characters per token plus JSON syntax) and
 is replaced by the real count at settlement. A prompt cap can therefore be passed only by the
 estimation error of requests in flight at the same moment; output caps are exact.
+
+Cost rules (``cost_usd``) are one more window of the same kind, in nano-dollars
+(``gateway.quota.pricing``): the prompt estimate at the input price is the fixed part, the
+output price per token (times ``n``) the per-output part, so the same clamp gives a request
+the output its dollars can buy. A team's users' rules (``user_quotas``) are windows too, keyed
+by the user within the team's hash tag: one store call checks the team's and the user's rules
+together, and the tightest binds.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from dataclasses import dataclass
 
 from gateway.apis import RequestInfo, Usage
 from gateway.config import ModelProfile, QuotaRule, TeamConfig
-from gateway.errors import QuotaExceededError
+from gateway.config_pricing import nano_to_usd
+from gateway.config_quota import COST_METRIC
+from gateway.errors import PermissionDeniedError, QuotaExceededError
+from gateway.quota.pricing import UnitPrice
 from gateway.quota.store import keys
 from gateway.quota.store.base import ReserveOutcome, WindowCharge
 from gateway.quota.windows import Window, go_duration, window_at
@@ -41,6 +51,7 @@ class PlannedWindow:
     rule: QuotaRule
     window: Window
     charge: WindowCharge
+    user: str | None = None  # a rule of ``user_quotas``, for this user
 
 
 #: The ``metric`` label of refusals and clamps by the concurrency cap.
@@ -57,6 +68,8 @@ class QuotaPlan:
     choices: int
     #: The team's cap on requests in flight, charged after the windows; ``None`` = no cap.
     concurrency: WindowCharge | None = None
+    #: The request's prices, when its model has one (cost windows need it).
+    price: UnitPrice | None = None
 
     @property
     def charges(self) -> tuple[WindowCharge, ...]:
@@ -100,28 +113,40 @@ def plan_request(
     now: float,
     hold_seconds: float,
     max_concurrent: int | None = None,
+    price: UnitPrice | None = None,
+    user: str | None = None,
+    user_rules: list[QuotaRule] | None = None,
 ) -> QuotaPlan:
+    """The windows a request reserves in. Raises PermissionDeniedError (403) when a cost rule
+    applies to a model without a price: such a request is never counted as free."""
     output = requested_output(info, profile, team)
     choices = max(1, info.n) if info.api.produces_output else 0
     prompt = estimate_prompt_tokens(body_bytes)
     by_key: dict[str, PlannedWindow] = {}
-    for rule in rules:
+    owned: list[tuple[QuotaRule, str | None]] = [(rule, None) for rule in rules]
+    if user is not None and user_rules:
+        owned += [(rule, user) for rule in user_rules]
+    for rule, owner in owned:
         if not rule_applies(rule, info.model):
             continue
-        fixed, per_output = _amounts(rule.metric, prompt, choices, profile)
+        if rule.metric == COST_METRIC and price is None:
+            raise _unpriced(info.model)
+        fixed, per_output = _amounts(rule.metric, prompt, choices, profile, price)
         window = window_at(rule.window, now)
         key = keys.window_key(rule.metric, rule.window, rule.models, window.label)
+        if owner is not None:
+            key = keys.user_window_key(owner, key)
         charge = WindowCharge(
             key=key,
-            limit=rule.limit,
+            limit=rule.counter_limit,
             fixed=fixed,
             per_output=per_output,
             expires_at=window.end + hold_seconds + COUNTER_RETENTION_SECONDS,
         )
         known = by_key.get(key)
         # Two identical rules share one counter; the stricter limit is the one that holds.
-        if known is None or rule.limit < known.rule.limit:
-            by_key[key] = PlannedWindow(rule, window, charge)
+        if known is None or rule.counter_limit < known.rule.counter_limit:
+            by_key[key] = PlannedWindow(rule, window, charge, owner)
     concurrency = None
     if max_concurrent is not None:
         concurrency = WindowCharge(
@@ -137,10 +162,26 @@ def plan_request(
         min_output=min(info.api.min_output_tokens(profile), output),
         choices=choices,
         concurrency=concurrency,
+        price=price,
     )
 
 
-def _amounts(metric: str, prompt: int, choices: int, profile: ModelProfile) -> tuple[int, int]:
+def _unpriced(model: str | None) -> PermissionDeniedError:
+    named = f"model '{model}'" if model else "a request that names no model"
+    return PermissionDeniedError(
+        f"This team has a cost_usd quota, and the gateway has no price for {named}; it would "
+        f"be counted as free. Add it under `pricing.models` in the gateway's config.",
+        code="model_not_priced",
+        param="model",
+    )
+
+
+def _amounts(
+    metric: str, prompt: int, choices: int, profile: ModelProfile, price: UnitPrice | None
+) -> tuple[int, int]:
+    if metric == COST_METRIC:
+        assert price is not None
+        return price.prompt_cost(prompt), choices * price.output_per_token
     if metric == "completion_tokens":
         return 0, choices
     if metric == "reasoning_tokens":
@@ -153,8 +194,13 @@ def _amounts(metric: str, prompt: int, choices: int, profile: ModelProfile) -> t
     return 1, 0  # requests
 
 
-def used_amount(metric: str, usage: Usage, requests: int = 1) -> int:
+def used_amount(
+    metric: str, usage: Usage, requests: int = 1, price: UnitPrice | None = None
+) -> int:
     """What a finished request (or job that ran ``requests`` requests) used of ``metric``."""
+    if metric == COST_METRIC:
+        assert price is not None
+        return price.cost(usage)
     if metric == "completion_tokens":
         return usage.completion_tokens
     if metric == "reasoning_tokens":
@@ -169,7 +215,7 @@ def used_amount(metric: str, usage: Usage, requests: int = 1) -> int:
 
 
 def actual_amounts(plan: QuotaPlan, usage: Usage) -> list[int]:
-    return [used_amount(plan.metric_of(i), usage) for i in range(len(plan.charges))]
+    return [used_amount(plan.metric_of(i), usage, 1, plan.price) for i in range(len(plan.charges))]
 
 
 def reserved_amounts(plan: QuotaPlan, output: int) -> list[int]:
@@ -184,19 +230,34 @@ def _scope(rule: QuotaRule) -> str:
     return f" for models {', '.join(rule.models)}" if rule.models else ""
 
 
+def _amount(rule: QuotaRule, amount: int) -> str:
+    """An amount of the rule's metric as a person reads it (dollars for cost rules)."""
+    if rule.metric == COST_METRIC:
+        return f"${nano_to_usd(amount):.6f}".rstrip("0").rstrip(".")
+    return str(amount)
+
+
+def _owner(team: str, planned: PlannedWindow) -> str:
+    if planned.user is None:
+        return f"team '{team}'"
+    return f"user '{planned.user}' of team '{team}'"
+
+
 def rate_limit_headers(plan: QuotaPlan, remaining: tuple[int, ...], now: float) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the team's tightest token and request windows."""
     headers: dict[str, str] = {}
     for suffix, is_requests in (("tokens", False), ("requests", True)):
         tightest: tuple[int, PlannedWindow] | None = None
         for planned, left in zip(plan.windows, remaining, strict=False):
+            if planned.rule.metric == COST_METRIC:
+                continue  # dollars are neither tokens nor requests
             if (planned.rule.metric == "requests") != is_requests:
                 continue
             if tightest is None or left < tightest[0]:
                 tightest = (left, planned)
         if tightest is not None:
             left, planned = tightest
-            headers[f"x-ratelimit-limit-{suffix}"] = str(planned.rule.limit)
+            headers[f"x-ratelimit-limit-{suffix}"] = str(planned.rule.counter_limit)
             headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, left))
             headers[f"x-ratelimit-reset-{suffix}"] = go_duration(planned.window.resets_in(now))
     return headers
@@ -229,20 +290,21 @@ def quota_exceeded(
     left = max(0, outcome.remaining[index])
     needed = planned.charge.fixed + planned.charge.per_output * plan.min_output
     kind = "requests" if rule.metric == "requests" else "tokens"
+    cap = f"{rule.metric} limit {_amount(rule, rule.counter_limit)} per {rule.window}{_scope(rule)}"
     if outcome.state == "congested":
         return _congested(
-            f"Quota busy for team '{team}': {rule.metric} limit {rule.limit} per "
-            f"{rule.window}{_scope(rule)}; requests in flight hold all but {left}, this request "
-            f"needs at least {needed}. They settle within seconds: retry shortly.",
+            f"Quota busy for {_owner(team, planned)}: {cap}; requests in flight hold all but "
+            f"{_amount(rule, left)}, this request needs at least {_amount(rule, needed)}. They "
+            "settle within seconds: retry shortly.",
             rule.metric,
             kind,
             headers,
         )
     resets_in = planned.window.resets_in(now)
     message = (
-        f"Quota exceeded for team '{team}': {rule.metric} limit {rule.limit} per "
-        f"{rule.window}{_scope(rule)} is used up; this request needs at least {needed}. "
-        f"The window resets at {_iso(planned.window.end)} (in {go_duration(resets_in)})."
+        f"Quota exceeded for {_owner(team, planned)}: {cap} is used up; this request needs at "
+        f"least {_amount(rule, needed)}. The window resets at {_iso(planned.window.end)} "
+        f"(in {go_duration(resets_in)})."
     )
     wait = max(1.0, resets_in)
     headers["retry-after"] = str(int(-(-wait // 1)))

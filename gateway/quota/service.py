@@ -69,7 +69,7 @@ class RuleUsage:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.rule.limit - self.used - self.reserved)
+        return max(0, self.rule.counter_limit - self.used - self.reserved)
 
 
 class QuotaService:
@@ -318,13 +318,21 @@ class QuotaService:
             extra={"team": reservation.team, "request_id": reservation.request_id},
         )
 
-    async def usage(self, team: str, rules: list[QuotaRule]) -> list[RuleUsage]:
+    async def usage(
+        self, team: str, rules: list[QuotaRule], *, user: str | None = None
+    ) -> list[RuleUsage]:
+        """What the rules' current windows hold: the team's, or ``user``'s within the team."""
         now = self.clock()
         windows = [window_at(rule.window, now) for rule in rules]
+
+        def key(rule: QuotaRule, label: str) -> str:
+            window_key = keys.window_key(rule.metric, rule.window, rule.models, label)
+            return window_key if user is None else keys.user_window_key(user, window_key)
+
         charges = [
             WindowCharge(
-                key=keys.window_key(rule.metric, rule.window, rule.models, window.label),
-                limit=rule.limit,
+                key=key(rule, window.label),
+                limit=rule.counter_limit,
                 fixed=0,
                 per_output=0,
                 expires_at=window.end,

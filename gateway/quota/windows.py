@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from dataclasses import dataclass
+from functools import lru_cache
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAMED = {"minute": 60, "hour": 3600, "day": 86400}
@@ -23,10 +24,17 @@ class Window:
     @property
     def label(self) -> str:
         """A compact, sortable name for the window's start, used in store keys."""
-        return dt.datetime.fromtimestamp(self.start, dt.UTC).strftime("%Y%m%dT%H%M%S")
+        return _label(self.start)
 
     def resets_in(self, now: float) -> float:
         return max(0.0, self.end - now)
+
+
+# Every request asks for the labels of the same few current windows (strftime: 2 % of a
+# request's CPU in the gateway+redis profile before this cache).
+@lru_cache(maxsize=1024)
+def _label(start: float) -> str:
+    return dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y%m%dT%H%M%S")
 
 
 def window_seconds(spec: str) -> int | None:

@@ -166,8 +166,8 @@ class PrometheusProcess:
             params["time"] = f"{at:.3f}"
         return await self.api("query", params)
 
-    async def vector(self, expr: str) -> list[dict[str, Any]]:
-        answer = await self.query(expr)
+    async def vector(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        answer = await self.query(expr, at)
         if answer.get("status") != "success":
             raise PrometheusError(f"{expr}: {answer.get('errorType')}: {answer.get('error')}")
         result: list[dict[str, Any]] = answer["data"]["result"]

@@ -66,6 +66,13 @@ async def check_eviction_policy(
     )
 
 
+async def marker_keys(client: RedisClient, prefix: str) -> list[str]:
+    """The state marker keys: one on one server, one per primary on a cluster."""
+    if isinstance(client, RedisCluster):
+        return await one_key_per_primary(client, lambda n: keys.state_marker(prefix, n))
+    return [keys.state_marker(prefix)]
+
+
 class StateMarker:
     """The marker of lost state: one key on one server; on a cluster one key per primary, so a
     FLUSHALL or an empty restart of any node is noticed, not only of the one holding a key.
@@ -88,11 +95,7 @@ class StateMarker:
         self._seen: set[str] = set()
 
     async def _keys(self) -> list[str]:
-        if isinstance(self._client, RedisCluster):
-            return await one_key_per_primary(
-                self._client, lambda n: keys.state_marker(self._prefix, n)
-            )
-        return [keys.state_marker(self._prefix)]
+        return await marker_keys(self._client, self._prefix)
 
     async def ensure(self, *, at_start: bool = False) -> bool:
         """Write every missing marker; True if all were there. Missing at start is the first

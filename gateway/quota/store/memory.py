@@ -102,7 +102,8 @@ class MemoryQuotaStore:
             counter = self._counter(team, charge.key, now)
             if counter is None:
                 counter = self._counters[(team, charge.key)] = _Counter()
-            counter.expires_at = charge.expires_at
+            # An expiry only moves later (as in counters.lua).
+            counter.expires_at = max(counter.expires_at, charge.expires_at)
             if amount > 0:
                 counter.reserved += amount
                 reservation.amounts[charge.key] = amount
@@ -141,7 +142,7 @@ class MemoryQuotaStore:
                 if counter is None:
                     counter = self._counters[(team, charge.key)] = _Counter()
                 counter.used += used
-                counter.expires_at = charge.expires_at
+                counter.expires_at = max(counter.expires_at, charge.expires_at)
 
     async def cancel(self, team: str, request_id: str) -> bool:
         resv = self._reservations.get(team, {}).pop(request_id, None)

@@ -27,6 +27,7 @@ _STATES: dict[int, ReserveState] = {1: "granted", 0: "exhausted", 2: "congested"
 SETTLED_TOMBSTONE_SECONDS = 180.0
 
 _PURGE = "purge_expired.lua"
+_COUNTERS = "counters.lua"
 _REPLACE = "replace_reservation.lua"
 
 
@@ -44,11 +45,12 @@ class RedisQuotaStore:
     def __init__(self, client: RedisClient, *, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
-        self._reserve = client.register_script(_script_source("reserve_tokens.lua", _PURGE))
-        self._settle = client.register_script(_script_source("settle_tokens.lua", _REPLACE))
-        self._peek = client.register_script(_script_source("peek_usage.lua", _PURGE))
-        self._cancel = client.register_script(_script_source("cancel_reservation.lua"))
-        self._settle_job = client.register_script(_script_source("settle_job.lua", _REPLACE))
+        script = client.register_script
+        self._reserve = script(_script_source("reserve_tokens.lua", _PURGE, _COUNTERS))
+        self._settle = script(_script_source("settle_tokens.lua", _COUNTERS, _REPLACE))
+        self._peek = script(_script_source("peek_usage.lua", _PURGE))
+        self._cancel = script(_script_source("cancel_reservation.lua"))
+        self._settle_job = script(_script_source("settle_job.lua", _COUNTERS, _REPLACE))
         self._batcher = ScriptBatcher(client)
 
     def _counters(self, team: str, charges: Sequence[WindowCharge]) -> list[str]:

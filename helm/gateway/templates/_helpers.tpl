@@ -110,6 +110,34 @@ app.kubernetes.io/component: redis
 {{- if and .Values.redis.deploy .Values.redis.auth.enabled }}true{{ end }}
 {{- end }}
 
+{{/* Name of the chart's cache-only Redis Deployment and Service. */}}
+{{- define "gateway.redisCache.fullname" -}}
+{{- printf "%s-redis-cache" (include "gateway.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Selector labels of the chart's cache Redis pod (its own component: no selector overlap). */}}
+{{- define "gateway.redisCache.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis-cache
+{{- end }}
+
+{{/* Labels of the chart's cache Redis resources. */}}
+{{- define "gateway.redisCache.labels" -}}
+{{ include "gateway.commonLabels" . }}
+app.kubernetes.io/component: redis-cache
+{{- end }}
+
+{{/* Whether the chart's cache Redis requires a password: "true" or "". */}}
+{{- define "gateway.redisCache.authEnabled" -}}
+{{- if and .Values.redisCache.deploy .Values.redisCache.auth.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Whether the gateway may reach a Redis outside the chart (quota or cache): "true" or "". */}}
+{{- define "gateway.externalRedis" -}}
+{{- if or (not .Values.redis.deploy) .Values.redisCache.url }}true{{ end }}
+{{- end }}
+
 {{/*
 The gateway's server settings, read from the `config` block with the gateway's own defaults: the
 port the container listens on, and the shutdown grace in whole seconds. values.schema.json makes
@@ -169,6 +197,9 @@ Fetch a value from the chart's Secret as it exists in the cluster (empty offline
 {{- define "gateway.validate" -}}
 {{- if and .Values.redis.deploy .Values.redis.url }}
 {{- fail "set redis.url (an existing Redis) or redis.deploy (the chart's own Redis), not both" }}
+{{- end }}
+{{- if and .Values.redisCache.deploy .Values.redisCache.url }}
+{{- fail "set redisCache.url (an existing cache Redis) or redisCache.deploy (the chart's own), not both" }}
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable" }}

@@ -1,7 +1,7 @@
 -- Read what a team has used and reserved in some windows, after purging expired reservations.
 --
 -- KEYS[1]     reservation index of the team
--- KEYS[2..]   window counters (hash: used, reserved)
+-- KEYS[2..]   window counters (hash: used, reserved, exp)
 -- ARGV[1]     now, ms
 -- ARGV[2]     key prefix of reservation records
 --

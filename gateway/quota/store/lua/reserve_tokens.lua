@@ -4,7 +4,7 @@
 -- KEYS[1]     reservation index of the team (zset: request id -> hold-until, ms)
 -- KEYS[2]     this request's reservation record (hash: window counter key -> amount)
 -- KEYS[3]     the team's "someone waits" flag (settlements publish while it exists)
--- KEYS[4..]   window counters (hash: used, reserved), one per charge
+-- KEYS[4..]   window counters (hash: used, reserved, exp), one per charge
 -- ARGV[1]     now, ms
 -- ARGV[2]     hold-until of this reservation, ms (after it, the reservation stops counting)
 -- ARGV[3]     requested per-choice output budget, tokens
@@ -21,7 +21,8 @@
 -- granted, before it otherwise, reservations included.
 --
 -- The output is clamped by what settled usage leaves; by what reservations leave only on the
--- last try. Expired reservations of the team are purged first (purge_expired.lua).
+-- last try. Expired reservations of the team are purged first (purge_expired.lua). Counters
+-- are written by counter_add (counters.lua).
 --
 -- A reserve that runs twice for one request replaces its first run instead of adding to it:
 -- a client library resends a call whose connection dropped before the reply came (redis-py
@@ -50,8 +51,13 @@ local function answer(state, blocked)
   return reply
 end
 
+local found = {}
+local expiry = {}
+
 for i = 1, n do
-  local counter = redis.call('HMGET', KEYS[i + 3], 'used', 'reserved')
+  local counter = redis.call('HMGET', KEYS[i + 3], 'used', 'reserved', 'exp')
+  found[i] = counter[1] or counter[2] or counter[3]
+  expiry[i] = counter[3]
   unspent[i] = tonumber(ARGV[9 + 4 * (i - 1)]) - (tonumber(counter[1]) or 0)
   remaining[i] = unspent[i] - (tonumber(counter[2]) or 0)
 end
@@ -87,27 +93,30 @@ for i = 1, n do
 end
 
 local result = {1, output, binding}
-local recorded = false
+local record = {}
 for i = 1, n do
   local base = 9 + 4 * (i - 1)
   local amount = tonumber(ARGV[base + 1]) + tonumber(ARGV[base + 2]) * output
-  if amount > 0 then
-    redis.call('HINCRBY', KEYS[i + 3], 'reserved', amount)
-    redis.call('HSET', KEYS[2], KEYS[i + 3], amount)
-    recorded = true
+  if amount > 0 or found[i] then
+    counter_add(KEYS[i + 3], 'reserved', amount, ARGV[base + 3], found[i], expiry[i])
   end
-  redis.call('PEXPIREAT', KEYS[i + 3], ARGV[base + 3])
+  if amount > 0 then
+    record[#record + 1] = KEYS[i + 3]
+    record[#record + 1] = amount
+  end
   result[3 + i] = remaining[i] - amount
 end
 
-if recorded then
+if #record > 0 then
+  redis.call('HSET', KEYS[2], unpack(record))
   redis.call('ZADD', KEYS[1], hold_until, ARGV[6])
   -- The record outlives its hold so a purge can still read it; a day is plenty.
   redis.call('PEXPIREAT', KEYS[2], hold_until + 86400000)
-  local index_ttl = redis.call('PTTL', KEYS[1])
+  -- The index lives as long as its longest-lived record. Extended an hour beyond that, so
+  -- the calls of the next hour need not extend it again.
   local wanted = hold_until + 86400000 - now
-  if index_ttl < wanted then
-    redis.call('PEXPIRE', KEYS[1], wanted)
+  if redis.call('PTTL', KEYS[1]) < wanted then
+    redis.call('PEXPIRE', KEYS[1], wanted + 3600000)
   end
 end
 

@@ -7,7 +7,7 @@
 -- KEYS[2]     reservation index of the team (zset: request id -> hold-until, ms)
 -- KEYS[3]     the job's reservation record
 -- KEYS[4]     the team's "someone waits" flag
--- KEYS[5..]   window counters (hash: used, reserved), one per charge
+-- KEYS[5..]   window counters (hash: used, reserved, exp), one per charge
 -- ARGV[1]     job id
 -- ARGV[2]     the job's request id (its reservation's id)
 -- ARGV[3]     channel that tells every replica a team's budget was freed
