@@ -29,6 +29,6 @@ def test_bench_smoke_run_prints_the_side_by_side_table(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout
-    for row in ("direct", "bare-proxy", "gateway"):
+    for row in ("direct", "bare-proxy", "gateway", "gateway+redis", "gateway+redis-cluster"):
         assert f"\n{row} " in table
     assert "x bare RPS" in table and "CHECK FAILED" not in table
