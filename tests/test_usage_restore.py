@@ -24,7 +24,7 @@ from gateway.mock import MockUpstream
 from gateway.pipeline.exchange import new_request_id
 from gateway.quota.service import QuotaService
 from gateway.quota.store import keys
-from gateway.quota.store.guards import marker_key
+from gateway.quota.store.keys import state_marker
 from gateway.quota.windows import window_at
 from gateway.storage.client import connect
 from gateway.stores import build_quota_store
@@ -337,7 +337,7 @@ async def test_the_default_cutoff_is_the_quota_state_marker(
     config = restore_config(own_redis.url, ["ml"])
     hour = window_at("hour", NOW)
     # The gateway found the Redis empty 10 minutes into the hour and wrote its marker then.
-    await redis_client.set(marker_key(config.store.key_prefix), str(int(hour.start + 600)))
+    await redis_client.set(state_marker(config.store.key_prefix), str(int(hour.start + 600)))
     lines = [
         access_line(1, "ml", hour.start + 300, completion=11),  # lost with the old state
         access_line(2, "ml", hour.start + 900, completion=500),  # settled into the new state
@@ -472,7 +472,7 @@ async def test_flushall_then_restore_from_the_gateways_own_log_brings_usage_back
         async def loss_noticed() -> bool:
             # The gateway writes the marker again, then logs the loss.
             logged = "quota state lost" in gw.log_path.read_text()
-            return logged and bool(await redis_client.exists(marker_key("gw")))
+            return logged and bool(await redis_client.exists(state_marker("gw")))
 
         await wait_until(loss_noticed, within_seconds=20)
         emptied = await usage_tables()
