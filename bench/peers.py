@@ -38,6 +38,7 @@ INSTALL_TIMEOUT = 900.0
 UPSTREAM_PLACEHOLDER = "{upstream}"
 API_KEY_PLACEHOLDER = "{api_key}"
 PEER_NAMES = ("tensorzero", "litellm", "portkey")
+LITELLM_MASTER_KEY = "sk-bench-litellm-master"  # loopback only; matches targets.yaml
 
 
 class PeerUnavailable(BenchError):
@@ -220,6 +221,8 @@ def start_litellm(
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_LOG": "ERROR",
             "LITELLM_MODE": "PRODUCTION",
+            # 1.108 refuses to start without a master key; the target's headers send it.
+            "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY,
         },
         cwd=procs.workdir,
     )
