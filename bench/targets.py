@@ -1,4 +1,5 @@
-"""Target definitions (bench/targets.yaml) and starting them: nginx, the bare proxy, gateways."""
+"""Target definitions (bench/targets.yaml) and starting them: nginx, the bare proxy, gateways,
+peer gateways (bench/peers.py)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,14 @@ from harness import (
     wait_for_http,
     wait_for_port,
 )
+from peers import PEER_NAMES, fill, start_peer
 from upstream import Nginx
 
 TARGETS_FILE = BENCH / "targets.yaml"
 UNIQUE_MARKER = "__BENCH_UNIQUE__"
 TEAM = "bench"
-KINDS = ("nginx", "bare", "gateway")
+KINDS = ("nginx", "bare", "gateway", "peer")
+MODES = ("json", "sse")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,13 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     unique_bodies: bool = False
     expect_upstream_per_request: float | None = None
+    # Peers only: which one, its pinned version, its config file's text ({upstream} and
+    # {api_key} are filled in at start).
+    peer: str = ""
+    version: str = ""
+    config_text: str = ""
+    # Per mode: {"sse": {"request": {...}, "headers": {...}}} merged over request / headers.
+    modes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,17 @@ def load_targets(path: Path = TARGETS_FILE) -> TargetFile:
         target = Target(**item)
         if target.kind not in KINDS:
             raise BenchError(f"{path}: target {target.name}: kind must be one of {KINDS}")
+        if target.kind == "peer" and (target.peer not in PEER_NAMES or not target.version):
+            raise BenchError(
+                f"{path}: target {target.name}: a peer needs `peer` (one of {PEER_NAMES}) "
+                "and a pinned `version`"
+            )
+        if set(target.modes) - set(MODES) or any(
+            set(overlay) - {"request", "headers"} for overlay in target.modes.values()
+        ):
+            raise BenchError(
+                f"{path}: target {target.name}: modes maps json/sse to request and headers"
+            )
         targets.append(target)
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
@@ -86,13 +107,21 @@ def load_targets(path: Path = TARGETS_FILE) -> TargetFile:
     return TargetFile(request=dict(data.get("request") or {}), targets=targets)
 
 
-def select_targets(all_targets: Sequence[Target], spec: str | None) -> list[Target]:
-    """``None`` = the defaults; ``all``; or a comma list (direct and bare-proxy always added)."""
-    if not spec:
-        return [t for t in all_targets if t.default]
-    if spec.strip() == "all":
+def select_targets(
+    all_targets: Sequence[Target], spec: str | None, *, peers: bool = False
+) -> list[Target]:
+    """``None`` = the defaults; ``all``; or a comma list (direct and bare-proxy always added).
+
+    ``peers`` adds every peer target to the selection.
+    """
+    if spec and spec.strip() == "all":
         return list(all_targets)
-    wanted = {name.strip() for name in spec.split(",") if name.strip()}
+    if not spec:
+        wanted = {t.name for t in all_targets if t.default}
+    else:
+        wanted = {name.strip() for name in spec.split(",") if name.strip()}
+    if peers:
+        wanted |= {t.name for t in all_targets if t.kind == "peer"}
     known = {t.name for t in all_targets}
     unknown = wanted - known
     if unknown:
@@ -114,6 +143,7 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
 
 def request_body(base: Mapping[str, Any], target: Target, mode: str) -> bytes:
     body = deep_merge(base, target.request)
+    body = deep_merge(body, target.modes.get(mode, {}).get("request") or {})
     if mode == "sse":
         body["stream"] = True
     text = json.dumps(body, separators=(",", ":"))
@@ -122,13 +152,18 @@ def request_body(base: Mapping[str, Any], target: Target, mode: str) -> bytes:
     return text.encode()
 
 
-def request_headers(target: Target, mode: str, token: str | None) -> dict[str, str]:
+def request_headers(
+    target: Target, mode: str, token: str | None, fill_in: Callable[[str], str] = str
+) -> dict[str, str]:
+    """``fill_in`` puts run-time values (a peer's upstream URL) into the configured headers."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if mode == "sse":
         headers["x-bench-mode"] = "sse"
-    headers.update(target.headers)
+    headers.update({k: fill_in(v) for k, v in target.headers.items()})
+    mode_headers = target.modes.get(mode, {}).get("headers") or {}
+    headers.update({k: fill_in(v) for k, v in mode_headers.items()})
     return headers
 
 
@@ -291,10 +326,17 @@ class Running:
     #: The Redis server(s) of the target: one, or every primary of its cluster.
     redis_ports: list[int] = field(default_factory=list)
     redis_pids: Callable[[], list[int]] | None = None
+    # Peers: the run's values for the {upstream}/{api_key} placeholders of the headers.
+    fill_in: Callable[[str], str] = str
+    # The modes it answered correctly (a peer may fail one; it is then measured in the other).
+    modes: tuple[str, ...] = MODES
 
     @property
     def name(self) -> str:
         return self.target.name
+
+    def headers(self, mode: str) -> dict[str, str]:
+        return request_headers(self.target, mode, self.token, self.fill_in)
 
 
 def start_target(
@@ -320,6 +362,13 @@ def start_target(
         return Running(
             target, f"http://{HOST}:{port}/v1/chat/completions", None, proc.pids, proc.pid
         )
+    if target.kind == "peer":
+        peer = start_peer(procs, cores, target, nginx.base_url, upstream_key)
+
+        def fill_in(text: str) -> str:
+            return fill(text, nginx.base_url, upstream_key)
+
+        return Running(target, peer.url, None, peer.proc.pids, peer.proc.pid, fill_in=fill_in)
     overlay = copy.deepcopy(target.config)
     redis_ports: list[int] = []
     redis_procs: list[Managed] = []
@@ -362,8 +411,8 @@ def verify_target(running: Running, base_request: Mapping[str, Any], mode: str) 
         "POST",
         running.url,
         body=body,
-        headers=request_headers(running.target, mode, running.token),
-        timeout=10,
+        headers=running.headers(mode),
+        timeout=30,
     )
     problem = None
     if reply.status != 200:
