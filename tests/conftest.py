@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -9,7 +8,7 @@ import redis.asyncio as aioredis
 
 from gateway.mock import MockUpstream, start_mock_upstream
 from tests.support.gateway_proc import UPSTREAM_KEY, RunningGateway, base_config, start_gateway
-from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.redis_proc import RedisProcess, free_port, start_or_skip
 from tests.support.redis_topology import ClusterProcess, SentinelSetup
 
 
@@ -17,31 +16,16 @@ from tests.support.redis_topology import ClusterProcess, SentinelSetup
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A real redis-server on a free port for the whole session (never the machine's own)."""
     proc = RedisProcess(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
-    try:
-        proc.start()
-    except RuntimeError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    start_or_skip(proc)
     yield proc
     proc.stop()
-
-
-def _start_or_skip(topology: ClusterProcess | SentinelSetup) -> None:
-    try:
-        topology.start()
-    except RuntimeError as exc:
-        topology.stop()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     """A real 3-primary Redis Cluster on loopback for the whole session."""
     cluster = ClusterProcess(workdir=tmp_path_factory.mktemp("cluster"))
-    _start_or_skip(cluster)
+    start_or_skip(cluster)
     yield cluster
     cluster.stop()
 
@@ -50,7 +34,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterP
 def redis_sentinel(tmp_path: Any) -> Iterator[SentinelSetup]:
     """A real primary, replica and Sentinel; one per test, since tests fail it over."""
     setup = SentinelSetup(workdir=tmp_path / "sentinel")
-    _start_or_skip(setup)
+    start_or_skip(setup)
     yield setup
     setup.stop()
 

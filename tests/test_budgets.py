@@ -77,6 +77,26 @@ def budget_config(upstream_url: str, redis_server: RedisProcess, **teams: Any) -
     )
 
 
+#: $5 a month: room for every request of a test that checks prices, not caps.
+MONTHLY = [{"metric": "cost_usd", "limit": 5, "window": "month"}]
+
+
+async def priced_gateway(
+    make_gateway: Any,
+    redis_server: RedisProcess,
+    team_rules: list[dict[str, Any]] = MONTHLY,
+    **sections: Any,
+) -> RunningGateway:
+    """An in-process gateway on the test's Redis with ``PRICES`` and ``team_rules`` on ml."""
+    gw: RunningGateway = await make_gateway(
+        store=store_section(redis_server),
+        pricing={"models": PRICES},
+        teams=priced_teams(team_rules),
+        **sections,
+    )
+    return gw
+
+
 async def stored(
     client: aioredis.Redis, prefix: str, pattern: str, team: str = "ml"
 ) -> tuple[int, int]:
@@ -167,11 +187,7 @@ async def test_dollar_budget_holds_to_the_nano_dollar_across_three_replicas(
 async def test_cached_prompt_tokens_are_priced_at_the_cached_price(
     make_gateway: Any, redis_server: RedisProcess, redis_client: aioredis.Redis
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "month"}]),
-    )
+    gw = await priced_gateway(make_gateway, redis_server)
     messages = [{"role": "user", "content": "word " * 400}]
     answer = await sdk(gw.url).chat.completions.create(
         model="gpt-4o-mini",
@@ -195,11 +211,7 @@ async def test_cached_prompt_tokens_are_priced_at_the_cached_price(
 async def test_reasoning_tokens_are_priced_as_output(
     make_gateway: Any, redis_server: RedisProcess, redis_client: aioredis.Redis
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "month"}]),
-    )
+    gw = await priced_gateway(make_gateway, redis_server)
     answer = await sdk(gw.url).chat.completions.create(
         model="o3-mini",
         messages=MESSAGES,
@@ -219,11 +231,7 @@ async def test_reasoning_tokens_are_priced_as_output(
 async def test_flex_service_tier_is_priced_with_its_multiplier(
     make_gateway: Any, redis_server: RedisProcess, redis_client: aioredis.Redis
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "month"}]),
-    )
+    gw = await priced_gateway(make_gateway, redis_server)
     prefix = gw.config.store.key_prefix
     client = sdk(gw.url)
     costs = []
@@ -245,11 +253,7 @@ async def test_flex_service_tier_is_priced_with_its_multiplier(
 async def test_an_unpriced_model_is_refused_before_the_upstream_on_a_team_with_a_cost_rule(
     make_gateway: Any, upstream: MockUpstream, redis_server: RedisProcess
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "month"}]),
-    )
+    gw = await priced_gateway(make_gateway, redis_server)
     seen = len(upstream.requests)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         await sdk(gw.url).chat.completions.create(model="gpt-4o", messages=MESSAGES)
@@ -266,13 +270,7 @@ async def test_an_unpriced_model_is_refused_before_the_upstream_on_a_team_with_a
 async def test_a_cost_rule_scoped_to_some_models_leaves_other_unpriced_models_alone(
     make_gateway: Any, redis_server: RedisProcess
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams(
-            [{"metric": "cost_usd", "limit": 5, "window": "month", "models": ["o3*"]}]
-        ),
-    )
+    gw = await priced_gateway(make_gateway, redis_server, [{**MONTHLY[0], "models": ["o3*"]}])
     answer = await sdk(gw.url).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert answer.choices[0].message.content
 
@@ -284,10 +282,8 @@ async def test_a_request_near_the_budget_is_clamped_to_what_the_dollars_buy(
     make_gateway: Any, redis_server: RedisProcess, redis_client: aioredis.Redis
 ) -> None:
     # $0.0006 buys 1,000 output tokens of gpt-4o-mini at most, less the prompt's estimate.
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 0.0006, "window": "day"}]),
+    gw = await priced_gateway(
+        make_gateway, redis_server, [{"metric": "cost_usd", "limit": 0.0006, "window": "day"}]
     )
     client = sdk(gw.url)
     answer = await client.chat.completions.with_raw_response.create(
@@ -489,15 +485,13 @@ async def test_a_stopped_stream_costs_its_early_stop_charge_in_dollars_too(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams(
-            [
-                {"metric": "cost_usd", "limit": 5, "window": "day"},
-                {"metric": "completion_tokens", "limit": 1_000_000, "window": "day"},
-            ]
-        ),
+    gw = await priced_gateway(
+        make_gateway,
+        redis_server,
+        [
+            {"metric": "cost_usd", "limit": 5, "window": "day"},
+            {"metric": "completion_tokens", "limit": 1_000_000, "window": "day"},
+        ],
     )
     prefix = gw.config.store.key_prefix
     stream = await sdk(gw.url).chat.completions.create(
@@ -531,11 +525,11 @@ async def test_a_stopped_stream_costs_its_early_stop_charge_in_dollars_too(
 async def test_a_batch_is_charged_at_the_batch_price(
     make_gateway: Any, upstream: MockUpstream, redis_server: RedisProcess
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
+    gw = await priced_gateway(
+        make_gateway,
+        redis_server,
+        [{"metric": "cost_usd", "limit": 5, "window": "day"}],
         admission={"reconcile_interval_seconds": 3600},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "day"}]),
     )
     batch = await submit(gw, chat_lines(10, max_tokens=100))
     held = await usage(gw)
@@ -561,11 +555,7 @@ async def test_a_batch_is_charged_at_the_batch_price(
 async def test_a_batch_mixing_models_is_refused_when_a_cost_rule_prices_it(
     make_gateway: Any, redis_server: RedisProcess
 ) -> None:
-    gw: RunningGateway = await make_gateway(
-        store=store_section(redis_server),
-        pricing={"models": PRICES},
-        teams=priced_teams([{"metric": "cost_usd", "limit": 5, "window": "day"}]),
-    )
+    gw = await priced_gateway(make_gateway, redis_server)
     lines = chat_lines(2) + chat_lines(1, model="o3-mini")
     with pytest.raises(openai.BadRequestError) as refused:
         await submit(gw, lines)

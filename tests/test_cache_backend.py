@@ -20,7 +20,7 @@ from gateway.cache.backend import (
     RedisCacheBackend,
 )
 from gateway.storage.errors import StoreError
-from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.redis_proc import RedisProcess, free_port, start_or_skip
 
 KEY_A = "team:a:" + "a" * 64
 KEY_B = "team:b:" + "b" * 64
@@ -292,10 +292,7 @@ async def test_redis_client_must_return_bytes(redis_server: RedisProcess) -> Non
 async def test_redis_outage_raises_cache_backend_error(tmp_path: Path) -> None:
     """A second, dedicated redis-server is stopped under the backend: every call fails fast."""
     proc = RedisProcess(port=free_port(), workdir=tmp_path)
-    try:
-        proc.start()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    start_or_skip(proc)
     redis = client(proc.url, timeout=0.2)
     backend = RedisCacheBackend(redis, "down", timeout_seconds=0.5, close_client=True)
     try:

@@ -38,7 +38,7 @@ from gateway.usage_restore.replay import (
 )
 from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import ROOT, GatewayProcess
-from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.redis_proc import RedisProcess, free_port, start_or_skip
 from tests.support.redis_topology import ClusterProcess
 from tests.test_quota_gateway import wait_until
 from tests.test_redis_cluster import spread_teams
@@ -52,12 +52,7 @@ PROCESS = "gw-0123456789ab"
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A redis-server of this test alone: the tests FLUSHALL it."""
     proc = RedisProcess(port=free_port(), workdir=tmp_path)
-    try:
-        proc.start()
-    except RuntimeError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    start_or_skip(proc)
     yield proc
     proc.stop()
 

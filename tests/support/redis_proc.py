@@ -9,6 +9,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import pytest
 
 
 def free_port() -> int:
@@ -16,6 +19,24 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class Startable(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def start_or_skip(proc: Startable) -> None:
+    """Start a redis topology, or skip the test when this machine cannot (never on CI, where
+    a missing redis-server must fail the run)."""
+    try:
+        proc.start()
+    except RuntimeError as exc:
+        proc.stop()
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
 
 
 @dataclass
