@@ -65,7 +65,7 @@ class Exchange:
             return self.price.cost(self.usage)
         return self.early_stop_cost
 
-    def record(self, metrics: Metrics) -> None:
+    def record(self, metrics: Metrics, cost: int | None) -> None:
         """Metrics for a finished request; labels are folded to bounded sets here."""
         team = self.team or "unauthenticated"
         model = metrics.model_label(self.model)
@@ -87,14 +87,13 @@ class Exchange:
         if usage is not None:
             counter = metrics.saved_tokens if self.cache == "hit" else metrics.tokens
             metrics.count_usage(counter, team, model, endpoint, usage)
-        cost = self.cost()
         if cost:
             spent = metrics.saved_cost if self.cache == "hit" else metrics.cost
             child(spent, team, model).inc(nano_to_usd(cost))
 
-    def log(self) -> None:
+    def log(self, cost: int | None) -> None:
+        """The access line; ``cost`` is ``self.cost()``, computed once by the caller."""
         usage = self.usage
-        cost = self.cost()
         ACCESS.write(
             {
                 "request_id": self.request_id,

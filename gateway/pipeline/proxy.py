@@ -41,9 +41,10 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         state.metrics.inflight.dec()
-        exchange.record(state.metrics)
+        cost = exchange.cost()  # once: metrics and the access line both report it
+        exchange.record(state.metrics, cost)
         if config.logging.access_log:
-            exchange.log()
+            exchange.log(cost)
 
 
 async def _route(
