@@ -34,9 +34,9 @@ from gateway.config_loader import parse_config
 from gateway.mock import MockUpstream
 from gateway.quota.store import keys
 from gateway.storage.client import connect
-from tests.conftest import _start_or_skip
 from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import ROOT, GatewayProcess
+from tests.support.redis_proc import start_or_skip
 from tests.support.redis_topology import ClusterProcess
 from tests.test_quota_gateway import wait_until
 
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
     # AOF with an fsync per write, so that a node killed with SIGKILL keeps every write it
     # acknowledged: what the restart test relies on.
     topology = ClusterProcess(workdir=tmp_path_factory.mktemp("aof-cluster"), aof=True)
-    _start_or_skip(topology)
+    start_or_skip(topology)
     yield topology
     topology.stop()
 
