@@ -216,6 +216,7 @@ class RedisCacheBackend:
         await listen(self._redis, self.purge_channel, purged, what="redis cache purge listener")
 
     async def close(self) -> None:
+        await self._batcher.aclose()
         if self._close_client:
             async with self._guard():
                 await self._redis.aclose()

@@ -13,6 +13,12 @@ the script first.
 Failures reach each caller as redis-py raised them; the caller's ``guarded`` block turns them
 into ``StoreError``. On a cluster the pipeline is redis-py's cluster pipeline, which sends each
 call to the node of its keys (all keys of one call share a hash tag).
+
+On a plain single server the calls skip redis-py and go over one ``PipelinedConnection``
+(``pipelined.py``), which batches the same way at a fraction of the CPU. A call whose
+connection broke before its reply is sent once more on a new connection, as redis-py's retry
+does: every script recognises a call it has already run (the reservation's record, the
+settlement's tombstone, the cache lock's owner).
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.storage.client import RedisClient
+from gateway.storage.pipelined import PipelinedConnection
 
 Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -34,8 +42,21 @@ class ScriptBatcher:
         self._client = client
         self._queue: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._direct = PipelinedConnection.for_client(client)
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        direct = self._direct
+        if direct is not None:
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                try:
+                    return await direct.execute(*command)
+                except RedisConnectionError:
+                    return await direct.execute(*command)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                return await script(keys=keys, args=args)  # loads the script, then runs it
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queue:
@@ -78,3 +99,7 @@ class ScriptBatcher:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def aclose(self) -> None:
+        if self._direct is not None:
+            await self._direct.aclose()

@@ -121,7 +121,7 @@ async def _primaries(client: RedisCluster) -> list[Any]:
 def _sentinel_client(
     parsed: SentinelUrl, options: dict[str, Any], max_connections: int
 ) -> aioredis.Redis:
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
         list(parsed.sentinels),
         sentinel_kwargs={
             "socket_timeout": options["socket_timeout"],

@@ -61,4 +61,4 @@ async def _listen_once(
         # close can wait on a connection that is being re-established.
         with contextlib.suppress(StoreError):
             async with guarded(what, bound_seconds=CANCEL_WAIT_SECONDS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2

@@ -226,6 +226,7 @@ class RedisQuotaStore:
             await self._redis.ping()
 
     async def close(self) -> None:
+        await self._batcher.aclose()
         await self._redis.aclose()
 
 
