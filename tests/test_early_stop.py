@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from gateway.apis.chat import CHAT
@@ -25,17 +23,10 @@ from gateway.quota.early_stop import (
     early_stop_output,
 )
 from gateway.quota.policy import QuotaPlan, plan_request, reserved_amounts
+from tests.support.quota_view import open_reservations, usage
 from tests.support.redis_proc import RedisProcess
 from tests.test_faults import access_records
-from tests.test_quota_gateway import (
-    MESSAGES,
-    counter,
-    open_reservations,
-    sdk,
-    store_section,
-    teams,
-    wait_until,
-)
+from tests.test_quota_gateway import MESSAGES, sdk, store_section, teams, wait_until
 
 O3_RESERVATION = 25_000  # the reasoning profile's default_output_tokens
 MINI_RESERVATION = 4096  # the default profile's
@@ -46,29 +37,24 @@ CAPS = [
 ]
 
 
-@pytest.fixture
-async def redis_client(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-async def settled(redis_client: aioredis.Redis, gw: Any) -> None:
+async def settled(gw: Any) -> None:
     async def no_reservation_open() -> bool:
-        return await open_reservations(redis_client, gw) == 0
+        return await open_reservations(gw) == 0
 
     await wait_until(no_reservation_open)
 
 
+@pytest.mark.parametrize("store", ["redis", "memory"])
 async def test_a_stopped_o3_mini_stream_costs_what_it_could_have_spent(
     make_gateway,
     upstream: MockUpstream,
     redis_server: RedisProcess,
-    redis_client: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
+    store: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
-    gw = await make_gateway(store=store_section(redis_server), teams=teams(CAPS))
+    sections = {"store": store_section(redis_server)} if store == "redis" else {}
+    gw = await make_gateway(teams=teams(CAPS), **sections)
     loop = asyncio.get_running_loop()
     started = loop.time()
     stream = await sdk(gw).chat.completions.create(
@@ -82,18 +68,18 @@ async def test_a_stopped_o3_mini_stream_costs_what_it_could_have_spent(
         received.append(chunk)
         if len(received) == 2:
             break
-    assert await counter(redis_client, gw, "ml", "completion_tokens") == (0, O3_RESERVATION)
+    assert await usage(gw, "completion_tokens") == (0, O3_RESERVATION)
     await stream.close()  # the stop button
 
     # The upstream saw the connection close long before its stream would have ended
     # (12 tokens at 100 ms each).
     await asyncio.wait_for(upstream.requests[-1].disconnected.wait(), timeout=5)
-    await settled(redis_client, gw)
+    await settled(gw)
     ran = loop.time() - started
 
-    completion, completion_held = await counter(redis_client, gw, "ml", "completion_tokens")
-    reasoning, reasoning_held = await counter(redis_client, gw, "ml", "reasoning_tokens")
-    total, total_held = await counter(redis_client, gw, "ml", "total_tokens")
+    completion, completion_held = await usage(gw, "completion_tokens")
+    reasoning, reasoning_held = await usage(gw, "reasoning_tokens")
+    total, total_held = await usage(gw, "total_tokens")
     assert completion_held == reasoning_held == total_held == 0  # nothing stays reserved
     (record,) = [r for r in access_records(caplog) if r["model"] == "o3-mini"]
     assert record["outcome"] == "client_gone" and record["status"] == 200
@@ -106,14 +92,16 @@ async def test_a_stopped_o3_mini_stream_costs_what_it_could_have_spent(
     assert completion < O3_RESERVATION // 50  # "far less" than the reservation
     assert reasoning == completion  # hidden reasoning: bounded by the same rate
     assert completion < total <= completion + 1_000  # plus the prompt estimate
-    print(f"\nearly-stopped o3-mini stream: charged {completion} of {O3_RESERVATION} reserved")
+    print(
+        f"\nearly-stopped o3-mini stream ({store}): charged {completion} "
+        f"of {O3_RESERVATION} reserved"
+    )
 
 
 async def test_an_abandoned_non_stream_request_is_cancelled_upstream(
     make_gateway,
     upstream: MockUpstream,
     redis_server: RedisProcess,
-    redis_client: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
@@ -140,9 +128,9 @@ async def test_an_abandoned_non_stream_request_is_cancelled_upstream(
     await wait_until(logged)
     (record,) = [r for r in access_records(caplog) if r["model"] == "gpt-4o-mini"]
     assert record["outcome"] == "client_gone" and record["status"] == 499
-    await settled(redis_client, gw)
-    completion, held = await counter(redis_client, gw, "ml", "completion_tokens")
-    requests, _ = await counter(redis_client, gw, "ml", "requests")
+    await settled(gw)
+    completion, held = await usage(gw, "completion_tokens")
+    requests, _ = await usage(gw, "requests")
     assert held == 0 and requests == 1
     # Charged the rate over the ~0.5 s the upstream ran, not the reservation.
     assert completion == record["early_stop_output"]
@@ -156,7 +144,6 @@ async def test_a_stream_left_before_its_headers_is_cancelled_upstream(
     make_gateway,
     upstream: MockUpstream,
     redis_server: RedisProcess,
-    redis_client: aioredis.Redis,
 ) -> None:
     """The SDK gives up while the upstream has not answered a stream's headers yet."""
     gw = await make_gateway(store=store_section(redis_server), teams=teams(CAPS))
@@ -171,8 +158,8 @@ async def test_a_stream_left_before_its_headers_is_cancelled_upstream(
             extra_headers={"x-mock-first-byte-delay-ms": "3000"},
         )
     await asyncio.wait_for(upstream.requests[-1].disconnected.wait(), timeout=2)
-    await settled(redis_client, gw)
-    completion, held = await counter(redis_client, gw, "ml", "completion_tokens")
+    await settled(gw)
+    completion, held = await usage(gw, "completion_tokens")
     assert held == 0 and 0 < completion < O3_RESERVATION // 50
     await impatient.close()
 

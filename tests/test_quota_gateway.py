@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from gateway.mock import MockUpstream
 from gateway.quota.store import keys
 from tests.support.gateway_proc import RunningGateway, token
+from tests.support.quota_view import redis_counter
 from tests.support.redis_proc import RedisProcess
 
 MESSAGES = [{"role": "user", "content": "Colour of the sky?"}]
@@ -41,14 +42,7 @@ def teams(quotas: list[dict[str, Any]], **team: Any) -> dict[str, Any]:
 async def counter(
     client: aioredis.Redis, gw: RunningGateway, team: str, metric: str, window: str = "day"
 ) -> tuple[int, int]:
-    prefix = gw.config.store.key_prefix
-    found = [k async for k in client.scan_iter(match=f"{prefix}:{{{team}}}:q:{metric}:{window}:*")]
-    used = reserved = 0
-    for key in found:
-        values = await client.hgetall(key)
-        used += int(values.get(b"used", 0))
-        reserved += int(values.get(b"reserved", 0))
-    return used, reserved
+    return await redis_counter(client, gw.config.store.key_prefix, team, metric, window)
 
 
 async def open_reservations(client: aioredis.Redis, gw: RunningGateway, team: str = "ml") -> int:
@@ -156,8 +150,12 @@ async def test_reasoning_cap_holds_on_its_own(
         spent.append(done.usage.completion_tokens_details.reasoning_tokens)
     assert spent == [16, 16, 8]  # the third was clamped to the 8 reasoning tokens left
     assert upstream.requests[-1].json["max_completion_tokens"] == 8  # type: ignore[index]
-    with pytest.raises(openai.RateLimitError, match="reasoning_tokens limit 40 per day"):
+    with pytest.raises(openai.RateLimitError, match="reasoning_tokens limit 40 per day") as info:
         await client.chat.completions.create(model="o3-mini", messages=MESSAGES)
+    # Used up until the day ends: OpenAI's semantics for a spent budget, which no SDK retries.
+    assert info.value.code == "insufficient_quota" and info.value.type == "insufficient_quota"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert "is used up" in info.value.message
     # A non-reasoning model is not held back by the reasoning cap.
     assert (await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)).choices
     used, _ = await counter(redis_client, gw, "ml", "reasoning_tokens")
@@ -337,6 +335,8 @@ async def test_windows_roll_over_on_the_injected_clock(make_gateway) -> None:
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     with pytest.raises(openai.RateLimitError) as info:
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    # A minute window resets within what an SDK waits: a rate limit, not a spent budget.
+    assert info.value.code == "rate_limit_exceeded"
     assert info.value.response.headers["retry-after"] == "30"
     assert "x-should-retry" not in info.value.response.headers  # 30 s: a retry will succeed
     now[0] += 30  # exactly the boundary

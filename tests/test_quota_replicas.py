@@ -4,6 +4,8 @@ reservation stops counting once its hold expires."""
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mock import MockUpstream
 from gateway.quota.store import keys
@@ -19,7 +22,7 @@ from tests.support.gateway_proc import base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
 from tests.support.redis_proc import RedisProcess
 from tests.test_admission import burst
-from tests.test_quota_gateway import MESSAGES
+from tests.test_quota_gateway import MESSAGES, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -193,3 +196,83 @@ async def test_three_replica_processes_queue_instead_of_refusing_and_cap_concurr
     finally:
         for r in replicas:
             r.stop()
+
+
+async def _queued_on(session: aiohttp.ClientSession, replica: GatewayProcess) -> float:
+    """The replica's own count of requests waiting for the team's budget (its /metrics)."""
+    async with session.get(f"http://127.0.0.1:{replica.port}/metrics") as resp:
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_quota_queued_requests" and sample.labels["team"] == "ml":
+                return sample.value
+    return 0.0
+
+
+async def test_a_settlement_on_one_process_wakes_a_waiter_on_another(
+    upstream: MockUpstream, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """A stream on one process holds the whole cap; a request on another waits for it and is
+    answered once it settles. The waiters' poll is 30 s, so only the settlement's pub/sub
+    message can wake it in time. Latency: from the end of the holder's stream (the gateway
+    writes it before settling) to the waiter's response headers."""
+    prefix = "w" + uuid.uuid4().hex[:8]
+    config = replica_config(upstream, redis_server, prefix)
+    config["store"]["timeout_seconds"] = 5.0  # a loaded machine must not trip the fallback
+    config["admission"] = {"poll_seconds": 30}
+    holder, waiter = (
+        GatewayProcess(config, tmp_path, "holder"),
+        GatewayProcess(config, tmp_path, "waiter"),
+    )
+    auth = {"Authorization": f"Bearer {token()}"}
+
+    def chat(max_tokens: int) -> dict[str, Any]:
+        return {
+            "model": "gpt-4o-mini",
+            "messages": MESSAGES,
+            "stream": True,
+            "max_completion_tokens": max_tokens,
+        }
+
+    async def admitted(session: aiohttp.ClientSession) -> tuple[float, int, bytes]:
+        async with session.post(waiter.url + "/chat/completions", json=chat(20), headers=auth) as r:
+            at = time.perf_counter()
+            return at, r.status, await r.read()
+
+    latencies = []
+    try:
+        await asyncio.gather(holder.start(), waiter.start())
+        async with aiohttp.ClientSession() as session:
+
+            async def waiting() -> bool:
+                return await _queued_on(session, waiter) == 1
+
+            for i in range(30):
+                gate = f"across-{i}"
+                # More than the cap: granted all that usage leaves, so nothing else fits.
+                async with session.post(
+                    holder.url + "/chat/completions",
+                    json=chat(100_000),
+                    headers={**auth, "x-mock-gate": gate},
+                ) as held:
+                    assert held.status == 200
+                    await asyncio.wait_for(upstream.gate(gate).first_chunk_sent.wait(), 10)
+                    pending = asyncio.ensure_future(admitted(session))
+                    await wait_until(waiting, within_seconds=10)
+                    upstream.gate(gate).release()
+                    await held.read()
+                    ended = time.perf_counter()
+                at, status, body = await asyncio.wait_for(pending, 10)
+                assert status == 200, body  # answered, never 429
+                assert b"data: [DONE]" in body
+                latencies.append(at - ended)
+    finally:
+        holder.stop()
+        waiter.stop()
+    median = statistics.median(latencies)
+    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    print(
+        f"\nwake-up across processes: median {median * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {max(latencies) * 1000:.1f} ms over {len(latencies)}"
+    )
+    assert p99 < 2.0, latencies  # far below the 30 s poll: the pub/sub message woke it
