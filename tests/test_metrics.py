@@ -10,6 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import metrics
 from gateway.mock import MockUpstream
 from gateway.reload import ConfigReloader
 from gateway.state import STATE
@@ -64,6 +65,7 @@ async def test_traffic_shows_up_by_team_model_and_token_kind(make_gateway) -> No
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     with pytest.raises(openai.RateLimitError):
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    await client.close()
 
     m = await scrape(gw)
     ok = {"team": "ml", "endpoint": "chat_completions", "status_class": "2xx", "cache": "none"}
@@ -135,25 +137,49 @@ async def test_bounded_error_and_quota_series_exist_at_zero_from_the_start(
     """Dashboards and alerts (rate, increase, absent) need the series before the first event."""
     requests = [{"metric": "requests", "limit": 5, "window": "day"}]
     tokens = [{"metric": "completion_tokens", "limit": 500, "window": "hour"}]
-    teams = {"ml": {"quotas": requests + tokens}, "web": {"quotas": requests}, "free": {}}
+    teams = {
+        "ml": {"quotas": requests + tokens},
+        "web": {"quotas": requests},
+        "free": {},
+        "capped": {"max_concurrent_requests": 2},
+    }
     gw: RunningGateway = await make_gateway(teams=teams)
     samples = await scrape(gw)
 
     def at_zero(name: str, **labels: str) -> bool:
         return samples.get((name, frozenset(labels.items()))) == 0.0
 
-    for kind in ("connect", "timeout", "status_4xx", "status_5xx", "stream_cut"):
+    def labelled(name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for n, labels in samples if n == name}
+
+    # Every value the gateway counts (the label sets gateway.metrics declares), exactly those.
+    assert metrics.UPSTREAM_ERROR_KINDS and metrics.STORE_OPERATIONS  # nothing vacuous below
+    assert metrics.STORE_FALLBACK_MODES
+    for kind in metrics.UPSTREAM_ERROR_KINDS:
         assert at_zero("gateway_upstream_errors_total", kind=kind), kind
-    for operation in ("quota_reserve", "quota_settle", "quota_peek", "cache_get", "cache_put"):
+    for operation in metrics.STORE_OPERATIONS:
         assert at_zero("gateway_store_errors_total", operation=operation), operation
-    for mode in ("local", "open", "closed"):
+    for mode in metrics.STORE_FALLBACK_MODES:
         assert at_zero("gateway_store_fallbacks_total", mode=mode), mode
+    assert labelled("gateway_upstream_errors_total", "kind") == set(metrics.UPSTREAM_ERROR_KINDS)
+    assert labelled("gateway_store_errors_total", "operation") == set(metrics.STORE_OPERATIONS)
+    assert labelled("gateway_store_fallbacks_total", "mode") == set(metrics.STORE_FALLBACK_MODES)
     for team, metric in (("ml", "requests"), ("ml", "completion_tokens"), ("web", "requests")):
         for reason in ("exhausted", "congested"):
             assert at_zero(
                 "gateway_quota_rejections_total", team=team, metric=metric, reason=reason
             )
         assert at_zero("gateway_quota_clamps_total", team=team, metric=metric)
+    # A concurrency cap alone: its own rejection series, and the queue gauge of its team.
+    assert at_zero(
+        "gateway_quota_rejections_total",
+        team="capped",
+        metric="concurrent_requests",
+        reason="concurrency",
+    )
+    for team in ("ml", "web", "capped"):
+        assert at_zero("gateway_quota_queued_requests", team=team), team
+    assert "free" not in labelled("gateway_quota_queued_requests", "team")
     # Only the metrics a team's rules can refuse on: bounded by the config.
     assert (
         "gateway_quota_rejections_total",

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 ROOTS = (
+    "Batch",
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
     "CreateCompletionResponse",
@@ -36,6 +37,7 @@ ROOTS = (
     "ImageEditCompletedEvent",
     "ImageGenCompletedEvent",
     "ImagesResponse",
+    "ListBatchesResponse",
     "ListFilesResponse",
     "ListModelsResponse",
     "Model",

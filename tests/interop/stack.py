@@ -30,6 +30,11 @@ CAPPED_TEAMS = {"capped-py": "py", "capped-node": "node"}
 INTEROP_TEAMS: dict[str, Any] = {
     "ml": {"models": ["gpt-4o*", "gpt-5*", "o3*", "text-embedding-*", "gpt-image-*", "whisper*"]},
     "web": {"models": ["gpt-4o-mini"], "paths": ["/chat/completions", "/models*"]},
+    # Metered on prompt tokens, so a test can read back what the gateway charged a batch.
+    "bulk": {
+        "models": ["text-embedding-*"],
+        "quotas": [{"metric": "prompt_tokens", "limit": 100_000_000, "window": "day"}],
+    },
     **{
         name: {"models": ["*"], "quotas": [{"metric": "requests", "limit": 1, "window": "day"}]}
         for name in CAPPED_TEAMS

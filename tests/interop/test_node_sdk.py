@@ -1,5 +1,8 @@
 """openai-node against the gateway: node/scenarios.mjs runs every scenario in one process; the
-tests here assert on the JSON it prints."""
+tests here assert on the JSON it prints.
+
+The tests wait for ``npm ci`` (the ``node_sdk`` fixture); conftest gives them a pytest timeout
+above its bound."""
 
 from __future__ import annotations
 
@@ -12,11 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.interop.probes import MockFeatures, mock_embedding_size
+from tests.interop.npm import NODE_RUN_TIMEOUT_SECONDS
 from tests.interop.recording import parse_sse
 from tests.interop.stack import CAPPED_TEAMS, Stack
+from tests.support.openapi import validate
 
-CORE = [
+# The real models' sizes (OpenAI's documentation), not whatever the mock happens to return.
+EMBEDDING_SIZES = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
+SCENARIOS = [
     "models",
     "chat",
     "reasoning",
@@ -31,20 +37,16 @@ CORE = [
     "errors",
     "quota",
     "retries",
+    "embeddings_dimensions",
+    "tools",
+    "structured",
+    "files",
+    "transcription",
 ]
-# Scenarios that need a mock feature, by the MockFeatures flag they need.
-NEEDS = {
-    "embeddings_dimensions": "embedding_dimensions_param",
-    "tools": "tools",
-    "structured": "structured_output",
-    "files": "files",
-    "transcription": "transcriptions",
-}
 
 
 @pytest.fixture(scope="module")
-def node_results(node_sdk: Path, stack: Stack, features: MockFeatures) -> dict[str, Any]:
-    names = CORE + [name for name, flag in NEEDS.items() if getattr(features, flag)]
+def node_results(node_sdk: Path, stack: Stack) -> dict[str, Any]:
     teams = ["ml", "web", *[t for t, sdk in CAPPED_TEAMS.items() if sdk == "node"]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["INTEROP_BASE_URL"] = stack.url
@@ -52,12 +54,12 @@ def node_results(node_sdk: Path, stack: Stack, features: MockFeatures) -> dict[s
     node = shutil.which("node")
     assert node is not None
     done = subprocess.run(
-        [node, "scenarios.mjs", *names],
+        [node, "scenarios.mjs", *SCENARIOS],
         cwd=node_sdk,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=NODE_RUN_TIMEOUT_SECONDS,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results: dict[str, Any] = json.loads(done.stdout)
@@ -143,19 +145,22 @@ def test_responses_stream_cut_ends_with_a_responses_error_event(
     raw = parse_sse(got["raw"].encode())
     assert [e.event for e in raw] == [e["type"] for e in events]
     assert raw[-1].event == "error" and json.loads(raw[-1].data) == last
+    validate(last, "ResponseErrorEvent")  # the official spec's schema
 
 
-def test_embeddings_keep_the_upstream_size(node_results: dict[str, Any], stack: Stack) -> None:
+def test_embeddings_have_the_models_sizes(node_results: dict[str, Any]) -> None:
     got = value(node_results, "embeddings")
+    assert set(got) == set(EMBEDDING_SIZES)
     for model, sizes in got.items():
-        expected = mock_embedding_size(stack.mock_url, model)
-        assert sizes["default"] == sizes["float"] == expected, model
+        # "default": the SDK asked for base64 and decoded it to floats itself.
+        assert sizes["default"] == sizes["float"] == EMBEDDING_SIZES[model], model
+        assert sizes["same"], model  # both encodings decode to the same vector
         assert sizes["usage"]["prompt_tokens"] > 0
 
 
-def test_embeddings_dimensions(node_results: dict[str, Any], features: MockFeatures) -> None:
-    features.require("embedding_dimensions_param")
-    assert value(node_results, "embeddings_dimensions")["size"] == 256
+def test_embeddings_dimensions(node_results: dict[str, Any]) -> None:
+    got = value(node_results, "embeddings_dimensions")
+    assert got == {"text-embedding-3-small": 256, "text-embedding-3-large": 1024}
 
 
 def test_error_types(node_results: dict[str, Any]) -> None:
@@ -179,8 +184,7 @@ def test_server_errors_are_retried_through_the_gateway(node_results: dict[str, A
     assert got["attempts"] == 2
 
 
-def test_tool_loop(node_results: dict[str, Any], features: MockFeatures) -> None:
-    features.require("tools")
+def test_tool_loop(node_results: dict[str, Any]) -> None:
     got = value(node_results, "tools")
     assert got["first"]["finish"] == "tool_calls" and got["first"]["name"] == "get_weather"
     arguments = json.loads(got["first"]["arguments"])
@@ -191,8 +195,7 @@ def test_tool_loop(node_results: dict[str, Any], features: MockFeatures) -> None
     assert runner["finalContent"]
 
 
-def test_structured_output_parse(node_results: dict[str, Any], features: MockFeatures) -> None:
-    features.require("structured_output")
+def test_structured_output_parse(node_results: dict[str, Any]) -> None:
     got = value(node_results, "structured")
     for parsed in (got["parsed"], got["responses"]):  # chat `parse` and Responses `parse`
         assert set(parsed) == {"name", "day", "guests"}
@@ -200,14 +203,12 @@ def test_structured_output_parse(node_results: dict[str, Any], features: MockFea
         assert isinstance(parsed["guests"], int)
 
 
-def test_files_upload_and_download(node_results: dict[str, Any], features: MockFeatures) -> None:
-    features.require("files")
+def test_files_upload_and_download(node_results: dict[str, Any]) -> None:
     got = value(node_results, "files")
     assert got["same"]
     assert got["created"]["id"] == got["retrieved"]["id"]
     assert got["created"]["purpose"] == "batch" and got["created"]["filename"] == "batch.jsonl"
 
 
-def test_transcription(node_results: dict[str, Any], features: MockFeatures) -> None:
-    features.require("transcriptions")
+def test_transcription(node_results: dict[str, Any]) -> None:
     assert isinstance(value(node_results, "transcription")["text"], str)

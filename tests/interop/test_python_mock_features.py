@@ -1,5 +1,5 @@
-"""openai-python through the gateway on what the mock upstream is learning: tools, structured
-output, files and audio. Each test skips (naming the feature) while the mock lacks it."""
+"""openai-python through the gateway on the mock upstream's richer features: tool loops,
+structured output, files and audio."""
 
 from __future__ import annotations
 
@@ -8,19 +8,28 @@ import json
 import wave
 from typing import Any, Literal, cast
 
-import openai
 from pydantic import BaseModel
 
-from tests.interop.probes import WEATHER_TOOL, MockFeatures
+from tests.interop.python_clients import client
 from tests.interop.stack import Stack
 
 MODEL = "gpt-4o-mini"
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
 # Plain dicts, as a team would write them (the SDK's TypedDicts are for static checking only).
 TOOLS: Any = [WEATHER_TOOL]
-
-
-def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.url, api_key=stack.token(), max_retries=0)
 
 
 class Event(BaseModel):
@@ -29,8 +38,7 @@ class Event(BaseModel):
     guests: int
 
 
-def test_chat_tool_loop(stack: Stack, features: MockFeatures) -> None:
-    features.require("tools")
+def test_chat_tool_loop(stack: Stack) -> None:
     sdk = client(stack)
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     first = sdk.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
@@ -48,8 +56,7 @@ def test_chat_tool_loop(stack: Stack, features: MockFeatures) -> None:
     assert second.choices[0].message.content and not second.choices[0].message.tool_calls
 
 
-def test_chat_tool_call_streams_argument_deltas(stack: Stack, features: MockFeatures) -> None:
-    features.require("tools")
+def test_chat_tool_call_streams_argument_deltas(stack: Stack) -> None:
     stream = client(stack).chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Weather in Rome?"}],
@@ -69,8 +76,7 @@ def test_chat_tool_call_streams_argument_deltas(stack: Stack, features: MockFeat
     assert isinstance(json.loads("".join(pieces))["city"], str)
 
 
-def test_responses_tool_loop(stack: Stack, features: MockFeatures) -> None:
-    features.require("tools")
+def test_responses_tool_loop(stack: Stack) -> None:
     sdk = client(stack)
     tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
     first = sdk.responses.create(model=MODEL, input="Weather in Lima?", tools=[tool])
@@ -87,8 +93,7 @@ def test_responses_tool_loop(stack: Stack, features: MockFeatures) -> None:
     assert all(item.type != "function_call" for item in second.output)
 
 
-def test_structured_output_parse(stack: Stack, features: MockFeatures) -> None:
-    features.require("structured_output")
+def test_structured_output_parse(stack: Stack) -> None:
     completion = client(stack).chat.completions.parse(
         model=MODEL,
         messages=[{"role": "user", "content": "Plan a party."}],
@@ -99,14 +104,12 @@ def test_structured_output_parse(stack: Stack, features: MockFeatures) -> None:
     assert completion.usage is not None and completion.usage.completion_tokens > 0
 
 
-def test_responses_structured_output_parse(stack: Stack, features: MockFeatures) -> None:
-    features.require("structured_output")
+def test_responses_structured_output_parse(stack: Stack) -> None:
     response = client(stack).responses.parse(model=MODEL, input="Plan a party.", text_format=Event)
     assert isinstance(response.output_parsed, Event)
 
 
-def test_files_upload_and_download(stack: Stack, features: MockFeatures) -> None:
-    features.require("files")
+def test_files_upload_and_download(stack: Stack) -> None:
     sdk = client(stack)
     content = b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n'
     created = sdk.files.create(file=("batch.jsonl", content), purpose="batch")
@@ -125,8 +128,7 @@ def _silent_wav() -> bytes:
     return out.getvalue()
 
 
-def test_transcription(stack: Stack, features: MockFeatures) -> None:
-    features.require("transcriptions")
+def test_transcription(stack: Stack) -> None:
     result = client(stack).audio.transcriptions.create(
         model="whisper-1", file=("silence.wav", _silent_wav())
     )

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import time
 from typing import Any
 
 import httpx2 as httpx
 import openai
 import pytest
 
-from tests.interop.probes import MockFeatures, mock_embedding_size
-from tests.interop.recording import RecordingTransport, parse_sse
+from tests.interop.python_clients import client, recording_client
+from tests.interop.recording import parse_sse
 from tests.interop.stack import Stack
+from tests.support.openapi import validate
 
 MODEL = "gpt-4o-mini"
 MESSAGES: list[Any] = [{"role": "user", "content": "Name three colours."}]
 CUT = {"x-mock-drop-after-chunks": "5"}
-
-
-def client(stack: Stack, team: str = "ml", **kw: Any) -> openai.OpenAI:
-    kw.setdefault("max_retries", 0)
-    return openai.OpenAI(base_url=stack.url, api_key=stack.token(team), **kw)
-
-
-def recording_client(stack: Stack, **kw: Any) -> tuple[openai.OpenAI, RecordingTransport]:
-    transport = RecordingTransport()
-    return client(stack, http_client=httpx.Client(transport=transport), **kw), transport
+# The real models' sizes (OpenAI's documentation), not whatever the mock happens to return.
+EMBEDDING_SIZES = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
 
 
 def test_models_list(stack: Stack) -> None:
@@ -140,7 +136,9 @@ def test_responses_stream_cut_ends_with_a_responses_error_event(stack: Stack) ->
 
     raw = parse_sse(bytes(transport.bodies[-1]))
     assert [e.event for e in raw] == [e.type for e in events]
+    assert raw[-1].event == "error"
     error = json.loads(raw[-1].data)
+    validate(error, "ResponseErrorEvent")  # the official spec's schema
     assert set(error) == {"type", "sequence_number", "code", "message", "param"}
     assert error == {
         "type": "error",
@@ -159,35 +157,61 @@ def test_responses_stream_helper_refuses_a_cut_stream(stack: Stack) -> None:
             stream.get_final_response()
 
 
-def test_embeddings_keep_the_upstream_size(stack: Stack) -> None:
+def test_embeddings_have_the_models_sizes(stack: Stack) -> None:
     sdk = client(stack)
-    for model in ("text-embedding-3-small", "text-embedding-3-large"):
-        expected = mock_embedding_size(stack.mock_url, model)
-        for encoding in ("float", "base64"):
-            result = sdk.embeddings.create(model=model, input="size", encoding_format=encoding)
-            vector = result.data[0].embedding
-            if encoding == "base64":
-                assert isinstance(vector, str)  # the SDK returns what was asked for
-                continue
-            assert len(vector) == expected
-        assert result.usage.prompt_tokens > 0
-    # The SDK's default (base64 on the wire, decoded to floats) must also come out whole.
+    for model, size in EMBEDDING_SIZES.items():
+        floats = sdk.embeddings.create(model=model, input="size", encoding_format="float")
+        assert len(floats.data[0].embedding) == size, model
+        assert floats.usage.prompt_tokens > 0
+        packed = sdk.embeddings.create(model=model, input="size", encoding_format="base64")
+        raw: Any = packed.data[0].embedding  # the SDK returns what was asked for: a string
+        assert isinstance(raw, str) and len(base64.b64decode(raw)) == 4 * size, model
+        # The SDK's default (base64 on the wire, decoded to floats by the SDK) comes out whole.
+        decoded = sdk.embeddings.create(model=model, input="size")
+        assert decoded.data[0].embedding == floats.data[0].embedding, model
     batch = sdk.embeddings.create(model="text-embedding-3-small", input=["a", "b", "c"])
     assert [d.index for d in batch.data] == [0, 1, 2]
-    small = mock_embedding_size(stack.mock_url, "text-embedding-3-small")
-    assert {len(d.embedding) for d in batch.data} == {small}
+    assert {len(d.embedding) for d in batch.data} == {EMBEDDING_SIZES["text-embedding-3-small"]}
 
 
-def test_embeddings_dimensions(stack: Stack, features: MockFeatures) -> None:
-    features.require("embedding_dimensions_param")
-    result = client(stack).embeddings.create(
-        model="text-embedding-3-small", input="short", dimensions=256
-    )
-    assert len(result.data[0].embedding) == 256
+@pytest.mark.parametrize(
+    "model, dimensions", [("text-embedding-3-small", 256), ("text-embedding-3-large", 1024)]
+)
+def test_embeddings_dimensions(stack: Stack, model: str, dimensions: int) -> None:
+    result = client(stack).embeddings.create(model=model, input="short", dimensions=dimensions)
+    vector = result.data[0].embedding
+    assert len(vector) == dimensions
+    assert math.isclose(math.hypot(*vector), 1.0, rel_tol=1e-4)  # shortened, renormalised
+
+
+def test_embeddings_batch_of_2048_inputs(stack: Stack) -> None:
+    """The API's largest batch, through the gateway, metered as the upstream reported it."""
+    inputs = [f"line {i} of the batch" for i in range(2048)]
+    result = client(stack, "bulk").embeddings.create(model="text-embedding-3-small", input=inputs)
+    assert [d.index for d in result.data] == list(range(2048))
+    assert {len(d.embedding) for d in result.data} == {EMBEDDING_SIZES["text-embedding-3-small"]}
+    assert len({tuple(d.embedding[:4]) for d in result.data}) == 2048  # one vector per input
+    usage = result.usage
+    assert usage.prompt_tokens >= 2048 and usage.total_tokens == usage.prompt_tokens
+    assert bulk_prompt_tokens_used(stack, expect=usage.prompt_tokens) == usage.prompt_tokens
+
+
+def bulk_prompt_tokens_used(stack: Stack, expect: float, within_seconds: float = 10.0) -> float:
+    """The ``bulk`` team's settled prompt tokens per ``/v1/gateway/usage``, once it shows
+    ``expect`` (a stream's settlement may land just after its last byte) or the time is up."""
+    deadline = time.monotonic() + within_seconds
+    headers = {"Authorization": f"Bearer {stack.token('bulk')}"}
+    while True:
+        body = httpx.get(stack.url + "/gateway/usage", headers=headers, timeout=10).json()
+        (rule,) = [r for r in body["rules"] if r["metric"] == "prompt_tokens"]
+        used = float(rule["used"])
+        if used == expect or time.monotonic() > deadline:
+            return used
+        time.sleep(0.05)  # bounded poll of a counter, not synchronising test logic
 
 
 def test_error_types(stack: Stack) -> None:
-    bad = openai.OpenAI(base_url=stack.url, api_key="not-a-token", max_retries=0)
+    bad = client(stack, api_key="not-a-token")
     with pytest.raises(openai.AuthenticationError) as auth:
         bad.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert auth.value.status_code == 401 and auth.value.code == "invalid_api_key"

@@ -202,9 +202,11 @@ const scenarios = {
         input: "size",
         encoding_format: "float",
       });
+      const [a, b] = [decoded.data[0].embedding, floats.data[0].embedding];
       sizes[model] = {
-        default: decoded.data[0].embedding.length,
-        float: floats.data[0].embedding.length,
+        default: a.length,
+        float: b.length,
+        same: a.length === b.length && a.every((x, i) => x === b[i]),
         usage: floats.usage,
       };
     }
@@ -212,12 +214,15 @@ const scenarios = {
   },
 
   async embeddings_dimensions() {
-    const result = await client().embeddings.create({
-      model: "text-embedding-3-small",
-      input: "short",
-      dimensions: 256,
-    });
-    return { size: result.data[0].embedding.length };
+    const sizes = {};
+    for (const [model, dimensions] of [
+      ["text-embedding-3-small", 256],
+      ["text-embedding-3-large", 1024],
+    ]) {
+      const result = await client().embeddings.create({ model, input: "short", dimensions });
+      sizes[model] = result.data[0].embedding.length;
+    }
+    return sizes;
   },
 
   async errors() {
