@@ -91,7 +91,7 @@ async def connect(url: str, *, timeout_seconds: float, max_connections: int = 64
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout_seconds, **options
     )
-    client = aioredis.Redis(connection_pool=pool)
+    client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
     try:
         async with guarded("redis", timeout_seconds):
             info = await client.info("cluster")
