@@ -131,6 +131,8 @@ class AccessLog:
     def __init__(self) -> None:
         self.direct: BufferedLineHandler | None = None
         self.logger = logging.getLogger(ACCESS_LOGGER)
+        self._second = -1
+        self._second_text = ""
 
     def write(self, fields: dict[str, Any]) -> None:
         direct = self.direct
@@ -138,9 +140,12 @@ class AccessLog:
             self.logger.info("request", extra={"fields": fields})
             return
         now = time.time()
+        second = int(now)
+        if second != self._second:  # the formatted second is reused within the second
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            + f".{int(now % 1 * 1000):03d}Z",
+            "ts": f"{self._second_text}.{int(now % 1 * 1000):03d}Z",
             "level": "info",
             "logger": ACCESS_LOGGER,
             "msg": "request",

@@ -25,9 +25,9 @@ since the same key would then replay a truncated answer to a team that has budge
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,7 +123,9 @@ class CacheSettings:
         return _matches(name, self.models) and not _matches(name, self.exclude_models)
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    # Memoised, bounded: asked on every request, by few distinct (model, patterns) pairs.
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
@@ -159,9 +161,20 @@ def upstream_identity(upstream: UpstreamConfig) -> str:
 
     The API key is left out on purpose: rotating it must not empty the cache.
     """
-    return "|".join(
+    known = _IDENTITIES.get(id(upstream))
+    if known is not None and known[0] is upstream:
+        return known[1]
+    identity = "|".join(
         (str(upstream.base_url).rstrip("/"), upstream.organization or "", upstream.project or "")
     )
+    if len(_IDENTITIES) > 64:  # configs replaced by reloads
+        _IDENTITIES.clear()
+    _IDENTITIES[id(upstream)] = (upstream, identity)
+    return identity
+
+
+#: id(upstream config) -> (the config, its identity): asked on every cacheable request.
+_IDENTITIES: dict[int, tuple[UpstreamConfig, str]] = {}
 
 
 # --------------------------------------------------------------------------------------------
