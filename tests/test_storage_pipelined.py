@@ -143,7 +143,27 @@ async def test_a_wrong_password_is_a_reply_error(own_redis: RedisProcess) -> Non
         await redis.aclose()
 
 
-async def test_cluster_sentinel_and_tls_keep_redis_py(redis_cluster: ClusterProcess) -> None:
+async def test_cluster_calls_go_to_each_primary_directly(redis_cluster: ClusterProcess) -> None:
+    cluster = await connect(redis_cluster.url, timeout_seconds=1.0)
+    batcher = ScriptBatcher(cluster)
+    script = cluster.register_script(ECHO)
+    tags = [f"{{pipelined-{i}}}" for i in range(30)]  # slots spread over the primaries
+    try:
+        replies = await asyncio.gather(
+            *(batcher.call(script, [t], [i]) for i, t in enumerate(tags))
+        )
+        assert replies == [[t.encode(), str(i).encode()] for i, t in enumerate(tags)]
+        assert batcher._cluster is not None
+        used = [c for c in batcher._cluster._by_node.values() if c is not None]
+        assert len(used) == 3  # one lean connection per primary
+        for i, t in enumerate(tags):
+            assert int(await cluster.get(f"{t}:calls") or 0) >= 1, i
+    finally:
+        await batcher.aclose()
+        await cluster.aclose()
+
+
+async def test_sentinel_and_tls_keep_redis_py(redis_cluster: ClusterProcess) -> None:
     cluster = await connect(redis_cluster.url, timeout_seconds=1.0)
     try:
         assert PipelinedConnection.for_client(cluster) is None

@@ -15,7 +15,8 @@ into ``StoreError``. On a cluster the pipeline is redis-py's cluster pipeline, w
 call to the node of its keys (all keys of one call share a hash tag).
 
 On a plain single server the calls skip redis-py and go over one ``PipelinedConnection``
-(``pipelined.py``), which batches the same way at a fraction of the CPU. A call whose
+(``pipelined.py``), which batches the same way at a fraction of the CPU; on a cluster, over one
+per primary, with redirects and lost connections handed back to redis-py. A call whose
 connection broke before its reply is sent once more on a new connection, as redis-py's retry
 does: every script recognises a call it has already run (the reservation's record, the
 settlement's tombstone, the cache lock's owner).
@@ -32,7 +33,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.storage.client import RedisClient
-from gateway.storage.pipelined import PipelinedConnection
+from gateway.storage.pipelined import ClusterConnections, PipelinedConnection
+
+#: Error replies after which a cluster call is handed to redis-py: it loads the script, follows
+#: the redirect or waits out the reconfiguration, and refreshes its slot map.
+_HAND_OVER = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -43,8 +48,11 @@ class ScriptBatcher:
         self._queue: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._direct = PipelinedConnection.for_client(client)
+        self._cluster = ClusterConnections.for_client(client)
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._cluster is not None and keys:
+            return await self._call_on_cluster(self._cluster, script, keys, args)
         direct = self._direct
         if direct is not None:
             command = ("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -63,6 +71,24 @@ class ScriptBatcher:
             loop.call_soon(self._flush)
         self._queue.append((script, keys, args, future))
         return await future
+
+    async def _call_on_cluster(
+        self,
+        cluster: ClusterConnections,
+        script: AsyncScript,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+    ) -> Any:
+        connection = cluster.connection_for(keys[0])
+        if connection is not None:
+            try:
+                return await connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            except RedisConnectionError:
+                pass  # a primary gone or failed over: redis-py finds its successor
+            except ResponseError as exc:
+                if not str(exc).startswith(_HAND_OVER):
+                    raise
+        return await script(keys=keys, args=args)
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
@@ -103,3 +129,5 @@ class ScriptBatcher:
     async def aclose(self) -> None:
         if self._direct is not None:
             await self._direct.aclose()
+        if self._cluster is not None:
+            await self._cluster.aclose()

@@ -8,10 +8,12 @@ an ``asyncio.Protocol`` that writes the commands of one loop iteration in one ``
 matches replies to callers in order (Redis answers a connection's commands in the order it got
 them) and parses them with hiredis.
 
-It is used only for a plain single server (``redis://`` or ``unix://`` without TLS); a
-Cluster, Sentinel or TLS keeps redis-py's client, which knows their routing, failover and
-certificates. Errors are the ones redis-py raises (``ConnectionError``, ``TimeoutError``,
-``ResponseError``), so ``guarded`` maps them as it maps redis-py's.
+It is used for a plain single server (``redis://`` or ``unix://`` without TLS) and for the
+primaries of a Redis Cluster (``ClusterConnections``: by slot, from redis-py's slot map, with
+every redirect and connection failure handed back to redis-py, which follows them). Sentinel
+and TLS keep redis-py's client, which knows their failover and certificates. Errors are the
+ones redis-py raises (``ConnectionError``, ``TimeoutError``, ``ResponseError``), so
+``guarded`` maps them as it maps redis-py's.
 
 No reply within ``timeout_seconds`` while calls are waiting: the server is frozen or gone, so
 the connection is dropped and every waiting call fails (redis-py's socket timeout does the
@@ -26,6 +28,7 @@ from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import (
     BlockingConnectionPool,
     ConnectionPool,
@@ -128,12 +131,20 @@ class PipelinedConnection:
         pool = client.connection_pool
         if type(pool) not in (ConnectionPool, BlockingConnectionPool):
             return None  # Sentinel's pool follows failovers
-        kind = pool.connection_class
+        return cls.for_options(pool.connection_class, pool.connection_kwargs)
+
+    @classmethod
+    def for_options(cls, kind: type, options: dict[str, Any]) -> PipelinedConnection | None:
+        """A connection like redis-py's ``kind(**options)``, or ``None`` when this class does
+        not speak what that one would (TLS, RESP3, decoded replies, credential providers)."""
         if kind not in (RedisPyConnection, UnixDomainSocketConnection):
             return None  # TLS and anything custom
-        options = pool.connection_kwargs
-        if options.get("protocol") not in (None, 2, "2") or options.get("decode_responses"):
-            return None  # replies that redis-py would decode: RESP3, or str instead of bytes
+        if (
+            options.get("protocol") not in (None, 2, "2")
+            or options.get("decode_responses")
+            or options.get("credential_provider") is not None
+        ):
+            return None
         setup: list[tuple[Any, ...]] = []
         password, username = options.get("password"), options.get("username")
         if password is not None:
@@ -226,3 +237,36 @@ class PipelinedConnection:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+class ClusterConnections:
+    """One ``PipelinedConnection`` per primary of a Redis Cluster, chosen by the slot of a
+    call's first key (all keys of a call share a hash tag) from redis-py's slot map. Anything
+    the map does not know yet, and every redirect, stays with redis-py (``ScriptBatcher``)."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        self._by_node: dict[str, PipelinedConnection | None] = {}
+
+    @classmethod
+    def for_client(cls, client: Any) -> ClusterConnections | None:
+        return cls(client) if isinstance(client, RedisCluster) else None
+
+    def connection_for(self, key: str | bytes) -> PipelinedConnection | None:
+        client = self._client
+        nodes = client.nodes_manager.slots_cache.get(client.keyslot(key))
+        if not nodes:
+            return None
+        node = nodes[0]
+        if node.name not in self._by_node:
+            options = {**node.connection_kwargs, "host": node.host, "port": node.port}
+            self._by_node[node.name] = PipelinedConnection.for_options(
+                node.connection_class, options
+            )
+        return self._by_node[node.name]
+
+    async def aclose(self) -> None:
+        connections, self._by_node = self._by_node, {}
+        for connection in connections.values():
+            if connection is not None:
+                await connection.aclose()
