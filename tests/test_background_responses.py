@@ -281,6 +281,7 @@ async def test_a_streamed_create_the_client_leaves_settles_to_the_real_usage(
         "reserved": 0,
     }
     assert after["total_tokens"]["used"] == real.usage.total_tokens
+    assert await nothing_reserved(gw)
     assert tokens_counted(gw, "responses_background") == real.usage.output_tokens
     assert tokens_counted(gw, "responses") == 0
 
