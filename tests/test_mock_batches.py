@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -113,3 +114,69 @@ async def test_a_background_response_streams_once_finished(client: openai.AsyncO
     events = [event async for event in stream]
     assert events[-1].type == "response.completed"
     assert events[-1].response.usage is not None
+
+
+async def test_a_batch_cancelled_mid_way_keeps_its_finished_lines(
+    client: openai.AsyncOpenAI,
+) -> None:
+    file_id = await upload(client, b"".join(chat_line(i, max_tokens=50) for i in range(10)))
+    created = await client.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_headers={"x-mock-batch-delay-ms": "3000"},
+    )
+    seen = await client.batches.retrieve(created.id)
+    deadline = time.monotonic() + 10
+    while seen.request_counts is None or seen.request_counts.completed == 0:
+        assert time.monotonic() < deadline, "no line ever finished"
+        seen = await client.batches.retrieve(created.id)
+    assert seen.status == "in_progress" and seen.output_file_id is None  # counts grow as it runs
+    cancelled = await client.batches.cancel(created.id)
+    assert cancelled.status == "cancelled" and cancelled.request_counts is not None
+    assert seen.request_counts.completed <= cancelled.request_counts.completed < 10
+    output = await lines(client, cancelled.output_file_id)
+    assert len(output) == cancelled.request_counts.completed
+    assert [line["custom_id"] for line in output] == [f"r{i}" for i in range(len(output))]
+    assert all(line["response"]["body"]["usage"]["completion_tokens"] > 0 for line in output)
+
+
+async def test_poll_failures_fail_the_next_retrieves(client: openai.AsyncOpenAI) -> None:
+    file_id = await upload(client, chat_line(0))
+    created = await client.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_headers={**LATER, "x-mock-batch-poll-failures": "2"},
+    )
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await client.batches.retrieve(created.id)
+    assert (await client.batches.retrieve(created.id)).status == "in_progress"
+
+
+async def test_a_background_response_cancelled_while_running_reports_partial_usage(
+    client: openai.AsyncOpenAI,
+) -> None:
+    full = 400
+    created = await client.responses.create(
+        model="gpt-4o-mini",
+        input="take your time",
+        background=True,
+        extra_headers={"x-mock-background-delay-ms": "2000", "x-mock-completion-tokens": str(full)},
+    )
+    assert created.status == "queued"
+    seen = await client.responses.retrieve(created.id)
+    deadline = time.monotonic() + 10
+    while seen.status == "queued":
+        assert time.monotonic() < deadline, "it never started"
+        seen = await client.responses.retrieve(created.id)
+    assert seen.status == "in_progress" and seen.usage is None
+    cancelled = await client.responses.cancel(created.id)
+    assert cancelled.status == "cancelled" and cancelled.usage is not None
+    assert 0 < cancelled.usage.output_tokens < full
+    assert (
+        cancelled.usage.total_tokens == cancelled.usage.input_tokens + cancelled.usage.output_tokens
+    )
+    again = await client.responses.retrieve(created.id)
+    assert again.status == "cancelled" and again.usage == cancelled.usage

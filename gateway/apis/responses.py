@@ -72,8 +72,8 @@ class ResponsesApi(ApiSpec):
         return {**body, "reasoning": reasoning}
 
     def runs_in_background(self, info: RequestInfo, body: dict[str, Any]) -> bool:
-        # A streamed background response is relayed (and settled) like any stream.
-        return body.get("background") is True and not info.stream
+        # Streamed or not: the run goes on upstream after this request ends.
+        return body.get("background") is True
 
     def min_output_tokens(self, profile: ModelLimits) -> int:
         return max(profile.min_output_tokens, MIN_OUTPUT_TOKENS)

@@ -3,8 +3,11 @@
 Every line of the input file is answered at create by the same code as a live request (so
 usage is as realistic), and revealed when the batch completes, after a delay
 (``x-mock-batch-delay-ms`` on the create, default 200 ms), checked by the clock on each read.
-Answers go to an output file, bad lines (not JSON, unknown url, an error answer) to an error
-file. Cancelling before the end keeps the lines finished so far.
+Lines finish evenly over the delay: ``request_counts.completed`` grows as they do, and
+cancelling before the end keeps the lines finished so far in the output file. Answers go to
+an output file, bad lines (not JSON, unknown url, an error answer) to an error file.
+``x-mock-batch-poll-failures: N`` on the create makes the batch's next N retrieves answer 500
+(a reconciler's poll failing upstream).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from gateway import json_codec
 from gateway.mock import chat, completions, embeddings, responses
 from gateway.mock.content import hex_id
 from gateway.mock.errors import MockError, invalid
-from gateway.mock.hooks import Ctx
+from gateway.mock.hooks import Ctx, status_hook_error
 from gateway.mock.state import StoredFile
 
 DEFAULT_DELAY_SECONDS = 0.2
@@ -41,9 +44,13 @@ class Batch:
     delay: float
     done: list[dict[str, Any]] = field(default_factory=list)  # output lines, in order
     failed: list[dict[str, Any]] = field(default_factory=list)  # error lines
+    poll_failures: int = 0  # retrieves still to answer 500
 
     def fraction(self) -> float:
         return 1.0 if self.delay <= 0 else min(1.0, (time.monotonic() - self.started) / self.delay)
+
+    def finished_lines(self, share: float) -> list[dict[str, Any]]:
+        return self.done[: int(len(self.done) * share)]
 
 
 async def create(ctx: Ctx) -> web.StreamResponse:
@@ -82,6 +89,7 @@ async def create(ctx: Ctx) -> web.StreamResponse:
         },
         started=time.monotonic(),
         delay=DEFAULT_DELAY_SECONDS if delay_ms is None else delay_ms / 1000,
+        poll_failures=ctx.hook_int("x-mock-batch-poll-failures") or 0,
     )
     for number, raw in enumerate(source.data.splitlines(), start=1):
         if raw.strip():
@@ -146,7 +154,7 @@ def _error_line(custom_id: str | None, status: int, message: str) -> dict[str, A
 
 def _finish(ctx: Ctx, batch: Batch, status: str, share: float) -> None:
     now = int(time.time())
-    done = batch.done[: int(len(batch.done) * share)]
+    done = batch.finished_lines(share)
     failed = batch.failed if share >= 1.0 else []
     meta = batch.meta
     meta.update(status=status, finalizing_at=now)
@@ -190,13 +198,20 @@ def _usage(lines: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _current(ctx: Ctx, batch: Batch) -> dict[str, Any]:
-    if batch.meta["status"] == "in_progress" and batch.fraction() >= 1.0:
-        _finish(ctx, batch, "completed", 1.0)
+    if batch.meta["status"] == "in_progress":
+        share = batch.fraction()
+        if share >= 1.0:
+            _finish(ctx, batch, "completed", 1.0)
+        else:
+            batch.meta["request_counts"]["completed"] = len(batch.finished_lines(share))
     return batch.meta
 
 
 async def retrieve(ctx: Ctx) -> web.StreamResponse:
     batch: Batch = ctx.state.batches.get(ctx.request.match_info["batch_id"], _WHAT)
+    if batch.poll_failures:
+        batch.poll_failures -= 1
+        raise status_hook_error(500, None)
     return ctx.json(_current(ctx, batch))
 
 

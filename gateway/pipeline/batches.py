@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import apis, json_codec
 from gateway.apis import BAD_JSON, ApiSpec
+from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
 from gateway.pipeline.forward import Call, forward_whole
@@ -31,6 +32,15 @@ from gateway.upstream.headers import upstream_request_headers
 
 #: Batch endpoints that run no model and so reserve nothing.
 _FREE_ENDPOINTS = frozenset({"/v1/moderations"})
+#: A batch may take its whole 24 h completion window, then finalize: its hold must outlast
+#: that, or a batch that ends late would have stopped counting (and be charged as reserved)
+#: before the reconciler could read its output file. The hour covers finalizing and polling.
+BATCH_HOLD_FLOOR_SECONDS = 25 * 3600.0
+
+
+def batch_hold_seconds(config: GatewayConfig) -> float:
+    """A batch's hold: ``admission.background_hold_seconds``, never under the floor."""
+    return max(config.admission.background_hold_seconds, BATCH_HOLD_FLOOR_SECONDS)
 
 
 async def handle_batch_create(call: Call) -> web.StreamResponse:
@@ -95,7 +105,7 @@ def _plan(call: Call, api: ApiSpec, endpoint: str, lines: list[bytes]) -> QuotaP
     rules = call.config.quota_rules(call.team_name)
     user_rules = call.config.user_quota_rules(call.team_name)
     now = call.state.quotas.clock()
-    hold = call.config.admission.background_hold_seconds
+    hold = batch_hold_seconds(call.config)
     totals: dict[str, tuple[PlannedWindow, int]] = {}
     price: UnitPrice | None = None
     model: str | None = None
@@ -178,7 +188,7 @@ async def _reserve(call: Call, plan: QuotaPlan) -> Reservation | None:
         call.team_name,
         call.exchange.request_id,
         plan,
-        hold_seconds=call.config.admission.background_hold_seconds,
+        hold_seconds=batch_hold_seconds(call.config),
     )
 
 
@@ -214,7 +224,7 @@ async def _hand_over(
         await state.quotas.settle(reservation, None, release=True)
         return
     job_id = batch.get("id") if batch is not None else None
-    hold = call.config.admission.background_hold_seconds
+    hold = batch_hold_seconds(call.config)
     if (
         batch is not None
         and isinstance(job_id, str)

@@ -1,5 +1,6 @@
 """Settling background responses and batches when they reach a terminal status: on a client's
-retrieve or cancel (the answer is read on its way to the client) and from the reconciler.
+retrieve or cancel (the answer is read on its way to the client), on a client's streamed
+retrieve (its terminal event), and from the reconciler.
 
 Settlement itself (claim once, charge) is ``gateway.quota.jobs``; this module knows what the
 upstream's objects look like and reads batch output files.
@@ -7,7 +8,9 @@ upstream's objects look like and reads batch output files.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -16,23 +19,30 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway import apis, json_codec
 from gateway.apis import Usage
 from gateway.config_pricing import nano_to_usd
-from gateway.pipeline.forward import Call, forward_whole
+from gateway.pipeline.forward import Call, forward, forward_whole, note_stream_end, start_stream
+from gateway.pipeline.response_stream import relay_watched, watch
 from gateway.quota.jobs import JobKind
+from gateway.sse import StreamMeter
 from gateway.state import GatewayState
+from gateway.storage.errors import StoreError
 from gateway.upstream.headers import upstream_request_headers
+
+log = logging.getLogger("gateway.quota")
 
 TERMINAL: dict[JobKind, frozenset[str]] = {
     "response": frozenset({"completed", "failed", "cancelled", "incomplete"}),
     "batch": frozenset({"completed", "failed", "expired", "cancelled"}),
 }
 #: Client calls whose answer may show a job finished: (method, path) -> kind.
+_RETRIEVE = re.compile(r"/responses/([^/]+)/?")
 _READS = (
-    ("GET", re.compile(r"/responses/([^/]+)/?"), "response"),
+    ("GET", _RETRIEVE, "response"),
     ("POST", re.compile(r"/responses/([^/]+)/cancel/?"), "response"),
     ("GET", re.compile(r"/batches/([^/]+)/?"), "batch"),
     ("POST", re.compile(r"/batches/([^/]+)/cancel/?"), "batch"),
 )
 _MAX_JOB_BODY_BYTES = 16 * 1024 * 1024
+_SSE = "text/event-stream"
 
 
 class JobPollError(Exception):
@@ -40,9 +50,8 @@ class JobPollError(Exception):
 
 
 def job_read(method: str, path: str, query: str) -> JobKind | None:
-    """Which kind of job this client call reads, if it is one the gateway settles from."""
-    if "stream=true" in query:
-        return None  # streamed retrieves are left to the reconciler
+    """Which kind of job this client call reads, if it is one the gateway settles from
+    (a streamed retrieve, ``?stream=true``, included)."""
     for want, pattern, kind in _READS:
         if method == want and pattern.fullmatch(path):
             return kind  # type: ignore[return-value]
@@ -51,6 +60,10 @@ def job_read(method: str, path: str, query: str) -> JobKind | None:
 
 async def handle_job_read(call: Call, kind: JobKind) -> web.StreamResponse:
     """Forward, answer the client, and settle the job if the answer shows it finished."""
+    if call.request.query.get("stream") == "true":
+        retrieve = _RETRIEVE.fullmatch(call.path) if call.request.method == "GET" else None
+        if retrieve is not None:
+            return await _streamed_read(call, retrieve.group(1))
     forwarded, data = await forward_whole(call, await call.request.read() or None)
     upstream = forwarded.upstream
     if upstream.status < 300:
@@ -58,6 +71,42 @@ async def handle_job_read(call: Call, kind: JobKind) -> web.StreamResponse:
         if obj is not None:
             await settle_if_terminal(call.state, call.team_name, kind, obj)
     return web.Response(status=upstream.status, body=data, headers=forwarded.headers)
+
+
+async def _streamed_read(call: Call, response_id: str) -> web.StreamResponse:
+    """``GET /responses/{id}?stream=true``: relayed as it comes, metered like a Responses
+    stream; its terminal event settles the job exactly as a retrieve's answer would."""
+    forwarded = await forward(call, None, accept_encoding=None)
+    upstream = forwarded.upstream
+    try:
+        if upstream.status >= 300 or not upstream.headers.get("Content-Type", "").startswith(_SSE):
+            data = await upstream.read()
+            return web.Response(status=upstream.status, body=data, headers=forwarded.headers)
+        client = web.StreamResponse(status=upstream.status, headers=forwarded.headers)
+        if not await start_stream(client, call.request, call.exchange):
+            return client
+        meter = StreamMeter(apis.RESPONSES, hide_usage=False)
+        events = watch(meter, response_id)
+        result = await relay_watched(call.request, upstream, client, meter)
+        call.exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
+        note_stream_end(call.exchange, result)
+        if events.final is not None:
+            await settle_after_stream(call.state, call.team_name, events.final)
+        return client
+    finally:
+        upstream.release()
+
+
+async def settle_after_stream(state: GatewayState, team: str, response: dict[str, Any]) -> None:
+    """Settle from a stream's terminal response; the stream is out, so a store failure only
+    leaves the job open for a later read or the reconciler."""
+    try:
+        await settle_if_terminal(state, team, "response", response)
+    except StoreError as exc:
+        log.warning(
+            "could not settle a background response from its stream",
+            extra={"team": team, "job": response.get("id"), "error": str(exc)},
+        )
 
 
 def _object(data: bytes) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -20,9 +20,10 @@ from gateway.cache.service import CachePlan
 from gateway.config import ModelProfile
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.pipeline import team_policy
+from gateway.pipeline.background import relay_background
 from gateway.pipeline.disconnect import ClientGone, cancel_on_disconnect, connection_lost
 from gateway.pipeline.exchange import Exchange
-from gateway.pipeline.forward import Call, forward, note_stream_end, start_stream
+from gateway.pipeline.forward import Call, Forwarded, forward, note_stream_end, start_stream
 from gateway.pipeline.jobs import TERMINAL
 from gateway.quota.admission import LeftQueue
 from gateway.quota.early_stop import EarlyStop, early_stop_output
@@ -47,11 +48,13 @@ class MeteredCall:
     profile: ModelProfile
     raw: bytes
     body: dict[str, Any]
+    #: A background response: it settles when it finishes, not when this call ends.
+    background: bool = field(init=False)
+    reservation: Reservation | None = None  # once reserved (a streamed background create's job)
 
-    @property
-    def background(self) -> bool:
-        """A background response: it settles when it finishes, not when this call ends."""
-        return self.info.api.runs_in_background(self.info, self.body)
+    def __post_init__(self) -> None:
+        # Once per request: the reservation, the client watch and the relay all ask.
+        self.background = self.info.api.runs_in_background(self.info, self.body)
 
 
 async def handle_metered(call: Call, api: ApiSpec) -> web.StreamResponse:
@@ -133,6 +136,7 @@ async def _charged(metered: MeteredCall, plan: CachePlan | None) -> web.StreamRe
     except LeftQueue:
         exchange.outcome = StreamEnd.CLIENT_GONE.value  # left while waiting for budget
         return web.Response(status=CLIENT_CLOSED_REQUEST)
+    metered.reservation = reservation
     try:
         body = metered.body
         limit = team_policy.output_limit(info, call.team, reservation)
@@ -176,7 +180,7 @@ async def _settle_or_hand_over(
     call = metered.call
     state, exchange = call.state, call.exchange
     job_id = exchange.extra.get("background_id")
-    if isinstance(job_id, str) and not exchange.released:
+    if isinstance(job_id, str) and not exchange.released and not reservation.settled:
         hold = call.config.admission.background_hold_seconds
         if await state.jobs.open(
             reservation, "response", job_id, "/v1/responses", hold_seconds=hold
@@ -258,6 +262,9 @@ async def _forward(
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 300 and content_type.startswith(_SSE):
             client = web.StreamResponse(status=upstream.status, headers=headers)
+            if metered.background:
+                await _relay_background(metered, forwarded, client)
+                return client
             if not await start_stream(client, call.request, exchange):
                 _stop_upstream(metered, upstream, sent_at, relayed_events=0)
                 return client
@@ -300,6 +307,25 @@ async def _forward(
         return web.Response(status=upstream.status, body=data, headers=headers)
     finally:
         upstream.release()
+
+
+async def _relay_background(
+    metered: MeteredCall, forwarded: Forwarded, client: web.StreamResponse
+) -> None:
+    """A streamed background create: never stopped early; a job settles it if one owns it."""
+    call, exchange = metered.call, metered.call.exchange
+    meter = StreamMeter(metered.info.api, hide_usage=metered.info.hides_usage)
+    result, job_id = await relay_background(
+        call, metered.reservation, forwarded.upstream, client, meter
+    )
+    exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
+    note_stream_end(exchange, result)
+    if job_id is not None:
+        exchange.extra["background_id"] = job_id  # its usage is counted when the job settles
+        return
+    exchange.usage = meter.usage
+    if result.end is StreamEnd.UPSTREAM_CUT and meter.events == 0:
+        exchange.released = True
 
 
 def _watch_client(metered: MeteredCall) -> contextlib.AbstractContextManager[object]:

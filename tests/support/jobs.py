@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -43,3 +44,22 @@ async def reconcile_until_settled(*gateways: RunningGateway, team: str = "ml") -
             return settled
         assert time.monotonic() < deadline, f"{left} jobs still open"
         await asyncio.sleep(0.02)
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
+    """Wait, bounded, for something the gateway does after the client has its answer (a
+    settlement that follows the end of a stream, a job opened once the client left)."""
+    deadline = time.monotonic() + within
+    while not await probe():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def nothing_reserved(gw: RunningGateway, team: str = "ml") -> bool:
+    return all(rule["reserved"] == 0 for rule in (await usage(gw, team)).values())
+
+
+def sample(gw: RunningGateway, name: str, labels: dict[str, str] | None = None) -> float:
+    """A metric sample of the gateway's registry (0 when it was never set)."""
+    value = gw.runner.app[STATE].metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
