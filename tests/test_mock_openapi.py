@@ -340,11 +340,6 @@ async def test_batches_create_retrieve_list_cancel(api: Api) -> None:
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/mock/batches.py: a finished batch's usage lacks input_tokens_details and "
-    "output_tokens_details, which the spec's Batch.usage requires",
-)
 async def test_finished_batch_usage(api: Api) -> None:
     answers = await batch_answers(api)
     for name in ("retrieved", "cancelled"):

@@ -49,6 +49,10 @@ Test hooks, read from request headers:
 - ``x-mock-completion-tokens: N``: visible tokens to produce per choice (before the limit).
 - ``x-mock-reasoning-tokens: N``: reasoning tokens per choice (reasoning models only).
 - ``x-mock-cached-tokens: N``: prompt tokens reported as cached (at most the prompt's).
+- ``x-mock-background-delay-ms: N`` (on a ``background: true`` create) and
+  ``x-mock-batch-delay-ms: N`` (on a batch create): how long the run takes.
+- ``x-mock-batch-poll-failures: N`` (on a batch create): the next N retrieves of that batch
+  answer 500 (a reconciler's failing poll).
 - ``x-mock-gate: NAME``: a stream writes its first event, sets
   ``MockUpstream.gate(NAME).first_chunk_sent``, then waits for ``gate.release_event`` before
   writing the rest. Gates live in-process only (``app[GATES_KEY]``); a request naming a gate

@@ -185,16 +185,29 @@ def _write(ctx: Ctx, batch: Batch, kind: str, lines: list[dict[str, Any]]) -> st
     return file_id
 
 
-def _usage(lines: list[dict[str, Any]]) -> dict[str, int]:
-    total = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+def _usage(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's usage as the Batch object reports it (the spec's ``Batch.usage``)."""
+    prompt = output = total = cached = reasoning = 0
     for line in lines:
         usage = (line["response"]["body"] or {}).get("usage") or {}
-        prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-        output = usage.get("completion_tokens", usage.get("output_tokens", 0))
-        total["input_tokens"] += prompt
-        total["output_tokens"] += output
-        total["total_tokens"] += usage.get("total_tokens", prompt + output)
-    return total
+        line_prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+        line_output = usage.get("completion_tokens", usage.get("output_tokens", 0))
+        prompt += line_prompt
+        output += line_output
+        total += usage.get("total_tokens", line_prompt + line_output)
+        prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        output_details = usage.get("completion_tokens_details") or usage.get(
+            "output_tokens_details"
+        )
+        cached += (prompt_details or {}).get("cached_tokens") or 0
+        reasoning += (output_details or {}).get("reasoning_tokens") or 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": total,
+    }
 
 
 def _current(ctx: Ctx, batch: Batch) -> dict[str, Any]:
