@@ -44,6 +44,9 @@ pytestmark = pytest.mark.slow
 
 MODEL = "gpt-4o-mini"
 LIMIT = 3000  # completion tokens per team and day
+#: The steady-traffic tests check counters, not refusals: a cap they never reach, however
+#: fast one request after another goes (a slow node restart once let a team spend 3,000).
+STEADY_LIMIT = 10_000_000
 MIN_OUTPUT = 16  # the default model's smallest useful output budget (config defaults)
 
 
@@ -109,9 +112,10 @@ def pair_config(
     teams: list[str],
     *,
     on_error: str = "closed",
+    limit: int = LIMIT,
     **upstream_extra: Any,
 ) -> dict[str, Any]:
-    quota = [{"metric": "completion_tokens", "limit": LIMIT, "window": "day"}]
+    quota = [{"metric": "completion_tokens", "limit": limit, "window": "day"}]
     return base_config(
         upstream.url,
         upstream=upstream_extra,
@@ -456,7 +460,9 @@ async def test_a_node_killed_and_restarted_under_traffic_loses_no_counter(
     # A reserve that ran on the node just before it died never got its reply back: the
     # request was refused (or metered locally), and its reservation is held until its hold
     # (total timeout + grace) ends. Short holds here, so the test sees them end.
-    config = pair_config(upstream, cluster, teams, on_error=on_error, total_timeout_seconds=10)
+    config = pair_config(
+        upstream, cluster, teams, on_error=on_error, limit=STEADY_LIMIT, total_timeout_seconds=10
+    )
     config["store"]["reservation_grace_seconds"] = 0.5
     prefix = config["store"]["key_prefix"]
     traffic, stop = Traffic(), asyncio.Event()
@@ -529,7 +535,7 @@ async def test_a_flushed_primary_that_is_not_the_first_is_noticed(
 ) -> None:
     placement = spread_teams(cluster, 3)
     teams = list(placement)
-    config = pair_config(upstream, cluster, teams)
+    config = pair_config(upstream, cluster, teams, limit=STEADY_LIMIT)
     prefix = config["store"]["key_prefix"]
     markers = keys.state_marker(prefix) + "*"
     primaries = sorted(set(cluster.slot_ranges()))

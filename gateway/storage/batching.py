@@ -35,8 +35,9 @@ from redis.exceptions import NoScriptError, ResponseError
 from gateway.storage.client import RedisClient
 from gateway.storage.pipelined import ClusterConnections, PipelinedConnection
 
-#: Error replies after which a cluster call is handed to redis-py: it loads the script, follows
-#: the redirect or waits out the reconfiguration, and refreshes its slot map.
+#: Error replies after which a cluster call is handed to redis-py's pipeline, as every call
+#: went before: it loads the script, follows the redirect or reports the cluster down, and
+#: refreshes its slot map.
 _HAND_OVER = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
@@ -52,7 +53,17 @@ class ScriptBatcher:
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._cluster is not None and keys:
-            return await self._call_on_cluster(self._cluster, script, keys, args)
+            connection = self._cluster.connection_for(keys[0])
+            if connection is not None:
+                try:
+                    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return await connection.execute(*command)
+                except RedisConnectionError:
+                    pass  # a primary gone or failed over: redis-py finds its successor
+                except ResponseError as exc:
+                    if not str(exc).startswith(_HAND_OVER):
+                        raise
+            return await self._through_redis_py(script, keys, args)
         direct = self._direct
         if direct is not None:
             command = ("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -65,30 +76,17 @@ class ScriptBatcher:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 return await script(keys=keys, args=args)  # loads the script, then runs it
+        return await self._through_redis_py(script, keys, args)
+
+    async def _through_redis_py(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)
         self._queue.append((script, keys, args, future))
         return await future
-
-    async def _call_on_cluster(
-        self,
-        cluster: ClusterConnections,
-        script: AsyncScript,
-        keys: Sequence[Any],
-        args: Sequence[Any],
-    ) -> Any:
-        connection = cluster.connection_for(keys[0])
-        if connection is not None:
-            try:
-                return await connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-            except RedisConnectionError:
-                pass  # a primary gone or failed over: redis-py finds its successor
-            except ResponseError as exc:
-                if not str(exc).startswith(_HAND_OVER):
-                    raise
-        return await script(keys=keys, args=args)
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []

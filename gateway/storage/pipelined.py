@@ -40,7 +40,7 @@ from redis.exceptions import ResponseError
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("_pending", "_reader", "_waiters", "lost", "replies", "transport")
+    __slots__ = ("_pending", "_reader", "_waiters", "lost", "replies", "transport", "watchdog")
 
     def __init__(self) -> None:
         self._reader = hiredis.Reader()
@@ -50,6 +50,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: BaseException | None = None
         #: Replies read so far: the watchdog's measure of progress.
         self.replies = 0
+        #: Armed while calls wait (``PipelinedConnection._check``): one per connection.
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio's, but they have its methods.
@@ -68,6 +70,9 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if self.lost is None:  # not dropped by the gateway itself (``abort``)
             self.lost = RedisConnectionError(
                 f"Redis connection lost: {exc}" if exc else "Redis closed the connection"
@@ -120,7 +125,6 @@ class PipelinedConnection:
         self._timeout = timeout_seconds
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
 
     @classmethod
     def for_client(cls, client: Any) -> PipelinedConnection | None:
@@ -167,7 +171,7 @@ class PipelinedConnection:
         if protocol is None or protocol.transport is None:
             protocol = await self._connect()
         future = protocol.send(hiredis.pack_command(args))
-        if self._watchdog is None:
+        if protocol.watchdog is None:
             self._arm(protocol)
         reply = await future
         if isinstance(reply, hiredis.ReplyError):
@@ -175,13 +179,12 @@ class PipelinedConnection:
         return reply
 
     def _arm(self, protocol: _Protocol) -> None:
-        seen = protocol.replies
-        self._watchdog = asyncio.get_running_loop().call_later(
-            self._timeout, self._check, protocol, seen
+        protocol.watchdog = asyncio.get_running_loop().call_later(
+            self._timeout, self._check, protocol, protocol.replies
         )
 
     def _check(self, protocol: _Protocol, seen: int) -> None:
-        self._watchdog = None
+        protocol.watchdog = None
         if not protocol.waiting or protocol.transport is None:
             return
         if protocol.replies == seen:  # calls waiting and not one reply for a whole timeout
@@ -231,9 +234,6 @@ class PipelinedConnection:
         return protocol
 
     async def aclose(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
