@@ -408,14 +408,21 @@ done = function(summary, latency, requests)
 end
 """
 
-# A unique body per request: the marker becomes "<run nonce>-<counter>" (the nonce is the
-# script argument, fresh for every wrk run), so no two requests of a whole bench are alike.
+# A unique body per request: the marker becomes "<run nonce>-<thread>-<counter>" (the nonce is
+# the script argument, fresh for every wrk run), so no two requests of a whole bench are alike.
+# Each wrk thread runs its own copy of the script with its own counter: ``setup`` (run once per
+# thread, in the main Lua state) numbers the threads so that their counters cannot collide.
 UNIQUE_LUA = """\
 local counter = 0
 local nonce = ""
+local threads = 0
 local before, after = wrk.body:match("^(.-)__BENCH_UNIQUE__(.*)$")
+setup = function(thread)
+  threads = threads + 1
+  thread:set("bench_thread", threads)
+end
 init = function(args)
-  nonce = args[1] or ""
+  nonce = (args[1] or "") .. "-" .. tostring(bench_thread or 0)
 end
 request = function()
   counter = counter + 1

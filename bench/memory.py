@@ -1,4 +1,5 @@
-"""Memory of the gateway: many open streams at once, and growth over many requests.
+"""Memory of the gateway: many open streams at once, and growth over many requests (repeated,
+and unique cacheable ones).
 
 1. Open streams: N (default 1,000) concurrent streams through a gateway to the project's mock
    upstream, which paces them slowly (``x-mock-chunk-delay-ms``) so they all stay open
@@ -7,8 +8,11 @@
 2. Many requests: a fresh gateway in front of the nginx upstream; wrk (c=64, JSON) until
    nginx has served M requests (default 100,000); RSS fresh, after a 1 s warm-up, the peak,
    and after the M requests: growth after warm-up is what a leak would look like.
+3. Unique cacheable requests (bench/memory_cache.py): a fresh gateway with the response cache
+   on and a private Redis; wrk (c=64) with a distinct deterministic request every time until U
+   requests (default 200,000) were answered; RSS fresh, warm, half-way and at the end.
 
-Run alone: ``.venv/bin/python bench/memory.py [--streams N] [--requests M]``.
+Run alone: ``.venv/bin/python bench/memory.py [--streams N] [--requests M] [--unique U]``.
 """
 
 from __future__ import annotations
@@ -197,8 +201,13 @@ def run_wrk_until(
     requests: int,
     pid: int,
     cap_seconds: float,
+    *,
+    samples: list[tuple[int, float]] | None = None,
 ) -> tuple[int, float, float]:
-    """wrk (c=64) until nginx has served ``requests``; returns (done, seconds, peak RSS MiB)."""
+    """wrk (c=64) until nginx has served ``requests``; returns (done, seconds, peak RSS MiB).
+
+    ``samples`` receives (requests nginx served so far, RSS MiB) every 250 ms.
+    """
     start_count = nginx.requests_counter()
     command = wrk_command(cores, url, script, 64, cap_seconds)
     started = time.monotonic()
@@ -206,8 +215,12 @@ def run_wrk_until(
     peak = 0.0
     try:
         while wrk.poll() is None:
-            peak = max(peak, rss(pid))
-            if nginx.requests_counter() - start_count >= requests:
+            now = rss(pid)
+            peak = max(peak, now)
+            served = nginx.requests_counter() - start_count
+            if samples is not None:
+                samples.append((served, now))
+            if served >= requests:
                 wrk.send_signal(signal.SIGINT)  # wrk stops and prints its summary
                 break
             time.sleep(0.25)
@@ -277,6 +290,7 @@ def run_memory(
     nginx: Nginx,
     streams: int,
     requests: int,
+    unique: int = 0,
 ) -> None:
     raise_fd_limit()
     report.heading("Gateway memory (RSS, MiB)")
@@ -285,6 +299,15 @@ def run_memory(
         rows.append(phase_streams(procs, cores, report, streams))
     if requests > 0:
         rows.append(phase_requests(procs, cores, report, nginx, requests))
+    if rows:
+        memory_table(report, rows)
+    if unique > 0:
+        from memory_cache import phase_unique_cache  # it imports this module
+
+        phase_unique_cache(procs, cores, report, nginx, unique)
+
+
+def memory_table(report: Report, rows: list[list[str]]) -> None:
     report.table(["test", "before", "peak (sampled)", "VmHWM", "after", "growth"], rows)
     for line in (
         f"Streams: upstream = the project's mock pacing events {STREAM_CHUNK_DELAY_MS} ms "
@@ -299,11 +322,21 @@ def run_memory(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument(
+        "--streams", type=int, default=1000, help="concurrent streams of phase 1 (0 skips)"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=100_000, help="repeated JSON requests of phase 2 (0 skips)"
+    )
+    parser.add_argument(
+        "--unique",
+        type=int,
+        default=200_000,
+        help="unique cacheable requests of phase 3 (default 200000; 0 skips)",
+    )
     args = parser.parse_args(argv)
     cores = Cores.detect()
-    ensure_tools()
+    ensure_tools(with_redis=args.unique > 0)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-memory-"))
     procs = Processes(workdir)
     try:
@@ -312,7 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.sched_setaffinity(0, set(cores.load))
             nginx = start_nginx(procs, cores)
             run_memory(
-                procs, cores, Report(), nginx=nginx, streams=args.streams, requests=args.requests
+                procs,
+                cores,
+                Report(),
+                nginx=nginx,
+                streams=args.streams,
+                requests=args.requests,
+                unique=args.unique,
             )
     except BenchError as exc:
         print(f"failed: {exc}", file=sys.stderr)

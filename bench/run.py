@@ -72,6 +72,7 @@ class Settings:
     stream_latency: bool
     memory: bool
     memory_requests: int
+    memory_unique: int
     memory_streams: int
     profile: bool
     keep_tmp: bool
@@ -92,8 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
         description="Gateway benchmark: nginx upstream, wrk, side-by-side ratios.",
         epilog="Environment: BENCH_SECONDS, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_MODES, "
-        "BENCH_TARGETS, BENCH_PEERS=1, BENCH_PASSES, BENCH_MEMORY_REQUESTS, BENCH_STREAMS, "
-        "BENCH_GATEWAY_REF (flags win).",
+        "BENCH_TARGETS, BENCH_PEERS=1, BENCH_PASSES, BENCH_MEMORY_REQUESTS, BENCH_MEMORY_UNIQUE, "
+        "BENCH_STREAMS, BENCH_GATEWAY_REF (flags win).",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per point, c=16")
     parser.add_argument("--seconds", type=float, help="seconds per point (default 5, quick 2)")
@@ -110,6 +111,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--no-stream-latency", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-requests", type=int, help="default 100000 (quick 20000)")
+    parser.add_argument(
+        "--memory-unique",
+        type=int,
+        help="unique cacheable requests of the memory test (default 200000, quick 20000)",
+    )
     parser.add_argument("--streams", type=int, help="concurrent streams of the memory test (1000)")
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the gateway on JSON c=16 (needs py-spy)"
@@ -138,6 +144,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         memory=not args.no_memory,
         memory_requests=args.memory_requests
         or _env_int("BENCH_MEMORY_REQUESTS", 20_000 if quick else 100_000),
+        memory_unique=args.memory_unique
+        if args.memory_unique is not None
+        else _env_int("BENCH_MEMORY_UNIQUE", 20_000 if quick else 200_000),
         memory_streams=args.streams or _env_int("BENCH_STREAMS", 1000),
         profile=bool(args.profile),
         keep_tmp=bool(args.keep_tmp),
@@ -455,7 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     cores = Cores.detect()
     started = time.monotonic()
-    ensure_tools(with_redis=any(t.redis or t.redis_cluster for t in selected))
+    ensure_tools(
+        with_redis=any(t.redis or t.redis_cluster for t in selected)
+        or (settings.memory and settings.memory_unique > 0)
+    )
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     procs = Processes(workdir)
     exit_code = 0
@@ -510,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     nginx=nginx,
                     streams=settings.memory_streams,
                     requests=settings.memory_requests,
+                    unique=settings.memory_unique,
                 )
             elapsed = time.monotonic() - started
             report.heading("Run")
