@@ -363,7 +363,9 @@ class _Client:
         assert not self.eof
         self.body += data
 
-    async def write_eof(self) -> None:
+    async def write_eof(self, data: bytes = b"") -> None:
+        assert not self.eof
+        self.body += data
         self.eof = True
 
 

@@ -66,6 +66,7 @@ async def relay_sse(
         result = RelayResult(StreamEnd.COMPLETE)
     chunks = upstream.chunks().__aiter__()
     failure: GatewayError | None = None
+    ended = False
     while True:
         item = await _next_chunk(chunks)
         if item is None:
@@ -74,8 +75,20 @@ async def relay_sse(
             failure = item
             break
         data = meter.feed(item)
+        if ended:
+            continue  # read on to the upstream's EOF, so its connection goes back to the pool
+        if meter.done:
+            # The terminal event is in: it goes out with the end of the stream, in one write
+            # instead of two, without waiting for the upstream's EOF.
+            ended = True
+            if not await _finish(client, result, data):
+                return result
+            continue
         if data and not await _write(client, data, result):
             return result
+    if ended:
+        meter.flush()  # anything held after the terminal event still reaches the tap
+        return result  # a transport error after the terminal event is not a cut
     tail = meter.flush()
     if meter.done:
         # The terminal event arrived, so the client has the whole answer: a transport error
@@ -104,10 +117,11 @@ async def relay_sse(
 async def relay_events(client: web.StreamResponse, events: Iterable[bytes]) -> RelayResult:
     """Write stored events (a cache hit's replay) and end the stream."""
     result = RelayResult(StreamEnd.COMPLETE)
-    for event in events:
+    pieces = list(events)
+    for event in pieces[:-1]:
         if not await _write(client, event, result):
             return result
-    await _finish(client, result)
+    await _finish(client, result, pieces[-1] if pieces else b"")
     return result
 
 
@@ -146,8 +160,15 @@ async def _write(client: web.StreamResponse, data: bytes, result: RelayResult) -
     return True
 
 
-async def _finish(client: web.StreamResponse, result: RelayResult) -> None:
+async def _finish(client: web.StreamResponse, result: RelayResult, data: bytes = b"") -> bool:
+    """End the stream, ``data`` last (one write for both); False when the client has gone."""
     try:
-        await client.write_eof()
+        await client.write_eof(data)
     except CLIENT_GONE:
         result.end = StreamEnd.CLIENT_GONE
+        return False
+    if data:
+        if result.first_byte_at is None:
+            result.first_byte_at = time.perf_counter()
+        result.bytes_sent += len(data)
+    return True
