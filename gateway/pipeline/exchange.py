@@ -126,7 +126,8 @@ class Exchange:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
+    # Not round(x, 2): it costs several times as much, on two fields of every access line.
+    return None if seconds is None else int(seconds * 100_000 + 0.5) / 100
 
 
 _ID_PREFIX = "gw-" + secrets.token_hex(6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote, unquote
 
 from aiohttp import web
@@ -22,7 +23,12 @@ def api_path(request: web.Request) -> str:
     that different servers read differently are refused: encoded separators, empty segments,
     ``;`` parameters, backslashes, dot segments and control characters.
     """
-    raw = request.rel_url.raw_path
+    return _canonical(request.rel_url.raw_path)
+
+
+@functools.lru_cache(maxsize=2048)
+def _canonical(raw: str) -> str:
+    # Memoised, bounded: every request asks, and most ask for one of a few paths.
     lowered = raw.lower()
     if "%2f" in lowered or "%5c" in lowered:
         raise InvalidRequestError("Invalid request path.", code="invalid_path")
