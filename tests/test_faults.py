@@ -28,7 +28,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from gateway.quota.store import keys
 from gateway.state import STATE
 from tests.support.gateway_proc import RunningGateway, base_config, token
 from tests.support.gateway_subprocess import GatewayProcess
-from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.redis_proc import RedisProcess, free_port, own_redis
 from tests.test_fuzz_sse import sse_parse
 from tests.test_quota_gateway import wait_until
 
@@ -579,17 +579,10 @@ async def test_client_gone_during_a_cache_replay_leaks_nothing(
 
 
 @pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    """A redis-server of this test's own, which it may stop, restart or freeze; always
-    thawed and stopped afterwards, whatever the test did."""
-    proc = RedisProcess(port=free_port(), workdir=tmp_path)
-    proc.start()
-    try:
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, which it may stop, restart or freeze."""
+    with own_redis(tmp_path) as proc:
         yield proc
-    finally:
-        if proc.process is not None and proc.process.poll() is None:
-            os.kill(proc.process.pid, signal.SIGCONT)
-        proc.stop()
 
 
 @dataclass

@@ -17,7 +17,8 @@ from gateway.storage.batching import ScriptBatcher
 from gateway.storage.client import connect
 from gateway.storage.errors import StoreConnectionError, StoreReplyError, StoreTimeoutError, guarded
 from gateway.storage.pipelined import PipelinedConnection
-from tests.support.redis_proc import RedisProcess, free_port, start_or_skip
+from tests.support.redis_proc import RedisProcess
+from tests.support.redis_proc import own_redis as own_redis_process
 from tests.support.redis_topology import ClusterProcess
 
 #: Echoes its key and argument, and counts its calls on the server.
@@ -26,16 +27,8 @@ ECHO = "redis.call('INCR', KEYS[1] .. ':calls'); return {KEYS[1], ARGV[1]}"
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    proc = RedisProcess(
-        port=free_port(), workdir=tmp_path, extra_args=["--requirepass", "s3cret-pw"]
-    )
-    start_or_skip(proc)
-    try:
+    with own_redis_process(tmp_path, ["--requirepass", "s3cret-pw"]) as proc:
         yield proc
-    finally:
-        if proc.process is not None and proc.process.poll() is None:
-            os.kill(proc.process.pid, signal.SIGCONT)
-        proc.stop()
 
 
 @pytest.fixture

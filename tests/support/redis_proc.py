@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -123,3 +126,17 @@ class RedisProcess:
 
 def redis_available() -> bool:
     return shutil.which("redis-server") is not None or bool(os.environ.get("CI"))
+
+
+@contextlib.contextmanager
+def own_redis(workdir: Path, extra_args: list[str] | None = None) -> Iterator[RedisProcess]:
+    """A redis-server for one test, which it may stop, restart or freeze (SIGSTOP): always
+    thawed and stopped afterwards, whatever the test did."""
+    proc = RedisProcess(port=free_port(), workdir=workdir, extra_args=list(extra_args or []))
+    start_or_skip(proc)
+    try:
+        yield proc
+    finally:
+        if proc.process is not None and proc.process.poll() is None:
+            os.kill(proc.process.pid, signal.SIGCONT)
+        proc.stop()
