@@ -275,7 +275,10 @@ async def _forward(
                 with cancel_on_disconnect(call.request):
                     await relay_sse(upstream, client, meter, result)
             except ClientGone:
-                result.end = StreamEnd.CLIENT_GONE
+                # Gone after the terminal event went out (with the stream's end, before the
+                # upstream's EOF was read) is a complete stream, not a client that left early.
+                if not meter.done:
+                    result.end = StreamEnd.CLIENT_GONE
             exchange.upstream_seconds = time.perf_counter() - forwarded.sent_at
             exchange.usage = meter.usage
             note_stream_end(exchange, result)

@@ -72,7 +72,10 @@ async def relay_watched(
         with cancel_on_disconnect(request):
             await relay_sse(upstream, client, meter, result)
     except ClientGone:
-        result.end = StreamEnd.CLIENT_GONE
+        # Gone after the terminal event went out (with the stream's end, before the
+        # upstream's EOF was read) is a complete stream, not a client that left early.
+        if not meter.done:
+            result.end = StreamEnd.CLIENT_GONE
     return result
 
 
