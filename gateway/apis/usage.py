@@ -20,6 +20,18 @@ class Usage:
     total_tokens: int = 0
 
 
+def add_usage(a: Usage, b: Usage) -> Usage:
+    """Two usages together (a batch's lines); a missing total counts as its sum."""
+    return Usage(
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+        cached_prompt_tokens=a.cached_prompt_tokens + b.cached_prompt_tokens,
+        total_tokens=(a.total_tokens or a.prompt_tokens + a.completion_tokens)
+        + (b.total_tokens or b.prompt_tokens + b.completion_tokens),
+    )
+
+
 def _count(obj: dict[str, Any], key: str) -> int:
     value = obj.get(key)
     # bool is an int subclass; a negative or non-integer count is garbage, never a refund.

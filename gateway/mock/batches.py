@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import json_codec
+from gateway.apis.usage import Usage, add_usage, read_guessed_usage
 from gateway.mock import chat, completions, embeddings, responses
 from gateway.mock.content import hex_id
 from gateway.mock.errors import MockError, invalid
@@ -187,26 +188,17 @@ def _write(ctx: Ctx, batch: Batch, kind: str, lines: list[dict[str, Any]]) -> st
 
 def _usage(lines: list[dict[str, Any]]) -> dict[str, Any]:
     """The batch's usage as the Batch object reports it (the spec's ``Batch.usage``)."""
-    prompt = output = total = cached = reasoning = 0
+    total = Usage()
     for line in lines:
-        usage = (line["response"]["body"] or {}).get("usage") or {}
-        line_prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-        line_output = usage.get("completion_tokens", usage.get("output_tokens", 0))
-        prompt += line_prompt
-        output += line_output
-        total += usage.get("total_tokens", line_prompt + line_output)
-        prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-        output_details = usage.get("completion_tokens_details") or usage.get(
-            "output_tokens_details"
-        )
-        cached += (prompt_details or {}).get("cached_tokens") or 0
-        reasoning += (output_details or {}).get("reasoning_tokens") or 0
+        found = read_guessed_usage((line["response"]["body"] or {}).get("usage"))
+        if found is not None:
+            total = add_usage(total, found)
     return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
-        "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": total,
+        "input_tokens": total.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": total.cached_prompt_tokens},
+        "output_tokens": total.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": total.reasoning_tokens},
+        "total_tokens": total.total_tokens,
     }
 
 

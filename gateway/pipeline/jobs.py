@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import apis, json_codec
 from gateway.apis import Usage
+from gateway.apis.usage import add_usage
 from gateway.config_pricing import nano_to_usd
 from gateway.pipeline.forward import Call, forward, forward_whole, note_stream_end, start_stream
 from gateway.pipeline.response_stream import relay_watched, watch
@@ -49,7 +50,7 @@ class JobPollError(Exception):
     """The upstream could not say how an open job stands (it stays open)."""
 
 
-def job_read(method: str, path: str, query: str) -> JobKind | None:
+def job_read(method: str, path: str) -> JobKind | None:
     """Which kind of job this client call reads, if it is one the gateway settles from
     (a streamed retrieve, ``?stream=true``, included)."""
     for want, pattern, kind in _READS:
@@ -166,17 +167,6 @@ async def batch_usage(state: GatewayState, batch: dict[str, Any]) -> tuple[Usage
         if usage is not None:
             total = add_usage(total, usage)
     return total, lines
-
-
-def add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-        completion_tokens=a.completion_tokens + b.completion_tokens,
-        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
-        cached_prompt_tokens=a.cached_prompt_tokens + b.cached_prompt_tokens,
-        total_tokens=(a.total_tokens or a.prompt_tokens + a.completion_tokens)
-        + (b.total_tokens or b.prompt_tokens + b.completion_tokens),
-    )
 
 
 async def upstream_get(state: GatewayState, path: str) -> tuple[int, bytes]:

@@ -71,7 +71,7 @@ async def _route(
     if capped and request.method == "POST" and path.rstrip("/") == "/batches":
         return await handle_batch_create(call)
     if not api.metered:
-        kind = jobs.job_read(request.method, path, request.rel_url.raw_query_string)
+        kind = jobs.job_read(request.method, path)
         if kind is not None and capped:
             return await jobs.handle_job_read(call, kind)
         return await passthrough(call)
