@@ -52,31 +52,32 @@ class ScriptBatcher:
         self._cluster = ClusterConnections.for_client(client)
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         if self._cluster is not None and keys:
             connection = self._cluster.connection_for(keys[0])
             if connection is not None:
                 try:
-                    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
                     return await connection.execute(*command)
                 except RedisConnectionError:
                     pass  # a primary gone or failed over: redis-py finds its successor
                 except ResponseError as exc:
                     if not str(exc).startswith(_HAND_OVER):
                         raise
-            return await self._through_redis_py(script, keys, args)
-        direct = self._direct
-        if direct is not None:
-            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        elif self._direct is not None:
             try:
-                try:
-                    return await direct.execute(*command)
-                except RedisConnectionError:
-                    return await direct.execute(*command)
+                return await self._resent_once(self._direct, command)
             except ResponseError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 return await script(keys=keys, args=args)  # loads the script, then runs it
         return await self._through_redis_py(script, keys, args)
+
+    @staticmethod
+    async def _resent_once(connection: PipelinedConnection, command: tuple[Any, ...]) -> Any:
+        try:
+            return await connection.execute(*command)
+        except RedisConnectionError:  # broken before its reply: the scripts recognise a resend
+            return await connection.execute(*command)
 
     async def _through_redis_py(
         self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
